@@ -1,0 +1,89 @@
+"""`contrastseg segment [INPUT] -o OUTPUT`: CT in, BTCV label map (+ organ table, overlay PNG, timings) out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ContrastSegError
+from ..infer import segment
+from ..io import IMAGE_SUFFIXES, read_image, split_suffix, write_labels
+from ..models.files import load_model
+from ..organs import parse_organs
+from ..paths import default_model, sample_ct
+from ._common import add_runtime_options, runtime
+
+
+def register(sub) -> None:
+    p = sub.add_parser("segment", help="segment the abdominal organs of a CT",
+                       description="Segment a CT (NIfTI, NRRD, MHA or a DICOM series folder) into BTCV organ labels. "
+                                   "With no INPUT, segments the bundled sample CT.")
+    p.add_argument("input", nargs="?", type=Path, help="CT file or DICOM folder (default: the bundled sample CT)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd, .mha)")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled default model)")
+    p.add_argument("--organs", default=None, help="comma-separated organ names or ids (default: all the model covers)")
+    p.add_argument("--coarse-only", action="store_true", help="stop after the coarse 3D stage")
+    p.add_argument("--coarse-output", type=Path, default=None, help="also write the coarse label map here, as soon as it exists")
+    p.add_argument("--overlay", type=Path, default=None, help="write a PNG of axial slices with the organs drawn in colour")
+    p.add_argument("--timings", type=Path, default=None, help="write per-stage wall times (s) as JSON")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def _check_output(path: Path, what: str) -> None:
+    if split_suffix(path.name)[1].lower() not in IMAGE_SUFFIXES:
+        raise ContrastSegError(f"{what} '{path}' has an unsupported extension; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
+    if not path.parent.exists():
+        raise ContrastSegError(f"the folder of {what} '{path}' does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    t_all = time.perf_counter()
+    _check_output(args.output, "output")
+    if args.coarse_output:
+        _check_output(args.coarse_output, "coarse output")
+    if args.overlay and not args.overlay.parent.exists():
+        raise ContrastSegError(f"the folder of the overlay '{args.overlay}' does not exist")
+    try:
+        organs = parse_organs(args.organs)
+    except ValueError as err:
+        raise ContrastSegError(str(err)) from None
+    device, progress = runtime(args, {"read": 0.05, "preprocess": 0.1, "coarse": 0.25, "refine": 0.5, "write": 0.1})
+    progress.begin("read", "reading the CT")
+    t = time.perf_counter()
+    source = args.input or sample_ct()
+    image = read_image(source)
+    model = load_model(args.model or default_model(), ("coarse",) if args.coarse_only else ("coarse", "refined"))
+    if args.organs is None:
+        organs = model.organs
+    t_read = time.perf_counter() - t
+
+    def on_coarse(labels):
+        if args.coarse_output:
+            write_labels(labels, args.coarse_output, organs)
+            progress.output("coarse", args.coarse_output)
+
+    result = segment(image, model, organs, refined=not args.coarse_only, device=device, progress=progress, on_coarse=on_coarse)
+    progress.begin("write", "writing the label map")
+    t = time.perf_counter()
+    written = write_labels(result.labels, args.output, result.organs)
+    progress.output("refined" if not args.coarse_only else "coarse", args.output)
+    if args.overlay:
+        from ..overlay import render_overlay
+
+        render_overlay(image, result.labels, args.overlay, title=f"ContrastSeg: {Path(source).name}")
+        progress.output("overlay", args.overlay)
+    timings = {"read": t_read, **result.timings, "write": time.perf_counter() - t, "total": time.perf_counter() - t_all}
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    if args.timings:
+        from ..io import write_json
+
+        write_json({"input": str(source), "device": str(device), "timings_s": timings}, args.timings)
+    progress.finish(outputs=[str(p) for p in written], timings=timings, organs=result.organs)
+    if args.progress != "json":
+        print(f"wrote {', '.join(str(p) for p in written)}" + (f" and {args.overlay}" if args.overlay else ""), file=sys.stderr)
+        print("timings (s): " + json.dumps(timings), file=sys.stderr)
+    return 0

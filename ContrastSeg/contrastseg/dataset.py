@@ -1,0 +1,140 @@
+"""Dataset folders: CT images, optional BTCV label maps, and a JSON manifest that says what each entry is.
+
+One format serves supervised training, pretraining and the local dataset of corrected labels that the
+ContrastSegTraining module writes. `manifest.json`:
+
+    {"format": "contrastseg-dataset/1",
+     "entries": [{"id": "case-0001", "image": "images/case-0001.nii.gz", "labels": "labels/case-0001.nii.gz",
+                  "id_map": "totalsegmentator" | {"5": 6, ...} | null, "phase": "portal" | null, ...}]}
+
+Paths are relative to the manifest's folder (absolute paths are allowed, so a manifest can point at data
+it must not copy, such as ../shared/data). `labels` is null for unlabelled CTs (pretraining only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ContrastSegError
+from .io import read_image, read_labels
+from .organs import TOTALSEGMENTATOR_TO_BTCV
+from .preprocess import prepare, resample_like
+
+DATASET_FORMAT = "contrastseg-dataset/1"
+MANIFEST = "manifest.json"
+NAMED_ID_MAPS = {"totalsegmentator": TOTALSEGMENTATOR_TO_BTCV, "btcv": None}
+
+
+@dataclass
+class Entry:
+    """One dataset entry, paths resolved."""
+
+    id: str
+    image: Path
+    labels: Path | None
+    id_map: dict[int, int] | None
+    phase: str | None
+    record: dict
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / MANIFEST if path.is_dir() else path
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    mpath = manifest_path(path)
+    if not mpath.exists():
+        raise ContrastSegError(f"no dataset at {path} (expected a folder holding {MANIFEST})")
+    try:
+        data = json.loads(mpath.read_text())
+    except json.JSONDecodeError as err:
+        raise ContrastSegError(f"dataset manifest {mpath} is not valid JSON ({err})") from None
+    if data.get("format") != DATASET_FORMAT:
+        raise ContrastSegError(f"{mpath} is not a ContrastSeg dataset manifest (format must be '{DATASET_FORMAT}')")
+    return data
+
+
+def _id_map(value) -> dict[int, int] | None:
+    if value is None or isinstance(value, str):
+        if value is not None and value not in NAMED_ID_MAPS:
+            raise ContrastSegError(f"unknown id map '{value}'; named maps: {sorted(NAMED_ID_MAPS)}")
+        return None if value is None else NAMED_ID_MAPS[value]
+    return {int(k): int(v) for k, v in value.items()}
+
+
+def entries(path: str | os.PathLike, labelled_only: bool = False) -> list[Entry]:
+    """The manifest's entries with absolute paths; `labelled_only` drops unlabelled CTs."""
+    mpath = manifest_path(path)
+    data = read_manifest(mpath)
+    base = mpath.parent
+    out = []
+    for rec in data.get("entries", []):
+        if rec.get("removed"):
+            continue
+        labels = rec.get("labels")
+        if labelled_only and not labels:
+            continue
+        out.append(Entry(rec["id"], (base / rec["image"]).resolve(), (base / labels).resolve() if labels else None,
+                         _id_map(rec.get("id_map")), rec.get("phase"), rec))
+    return out
+
+
+@dataclass
+class PreparedCase:
+    """A case on a working grid: normalised image and labels (z, y, x), ready for patch sampling."""
+
+    id: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    spacing: tuple[float, float, float]
+    phase: str | None
+
+
+def _cache_key(entry: Entry, spacing) -> str:
+    parts = [str(entry.image), str(entry.labels), json.dumps(entry.id_map, sort_keys=True), repr(tuple(spacing)), "v1"]
+    for p in (entry.image, entry.labels):
+        if p is not None and p.exists():
+            st = p.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def prepare_case(entry: Entry, spacing: tuple[float, float, float] | str, cache_dir: Path | None = None) -> PreparedCase:
+    """Read, reorient, resample and normalise one entry (labels by nearest neighbour); cached as .npz.
+
+    `spacing` is (x, y, z) mm, or "inplane:S" for S mm in-plane with the slice spacing kept (refined stage).
+    The cache holds plain arrays (no pickle) keyed by file sizes, times and settings, so each volume is
+    preprocessed once however many runs read it.
+    """
+    key = _cache_key(entry, spacing)
+    if cache_dir is not None:
+        cached = cache_dir / f"{entry.id}-{key}.npz"
+        if cached.exists():
+            with np.load(cached, allow_pickle=False) as z:
+                labels = z["labels"] if z["labels"].size else None
+                return PreparedCase(entry.id, z["image"], labels, tuple(z["spacing"].tolist()), entry.phase)
+    image = read_image(entry.image)
+    if isinstance(spacing, str):
+        inplane = float(spacing.split(":")[1])
+        spacing = (inplane, inplane, float(sitk.DICOMOrient(image, "RAS").GetSpacing()[2]))
+    prepared = prepare(image, spacing)
+    labels = None
+    if entry.labels is not None:
+        lab = read_labels(entry.labels, image, entry.id_map)
+        labels = sitk.GetArrayFromImage(resample_like(lab, prepared.grid, sitk.sitkNearestNeighbor, 0))
+    case = PreparedCase(entry.id, prepared.array, labels, tuple(spacing), entry.phase)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".{entry.id}-{key}.tmp.npz"
+        np.savez(tmp, image=case.image, labels=labels if labels is not None else np.zeros(0, np.uint8),
+                 spacing=np.asarray(spacing))
+        os.replace(tmp, cached)
+    return case

@@ -1,0 +1,184 @@
+"""The coarse-to-fine segmentation pipeline (METHODS.md §1): coarse 3D U-Net, organ attention, refined 2D
+network per organ, vote fusion, and resampling back onto the input's own grid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import ContrastSegError
+from .io import check_ct
+from .models.files import Model
+from .organs import NUM_CLASSES
+from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like, to_canonical
+from .progress import Progress
+
+MAX_WHOLE_VOLUME = 192 ** 3  # coarse voxels run in one pass; larger volumes go through a sliding window
+REFINE_BATCH = 16
+
+
+@dataclass
+class Segmentation:
+    """Label maps on the input grid (uint8 sitk images), the organs covered and per-stage wall times (s)."""
+
+    labels: sitk.Image
+    coarse: sitk.Image
+    organs: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ContrastSegError("--device cuda was asked for, but no CUDA GPU is available to torch here")
+    if name not in ("cpu", "cuda"):
+        raise ContrastSegError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _pad_to(arr: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad the last 3 (or 2) dims of `arr` up to multiples of `divisor` at the far end; returns the old sizes."""
+    sizes = tuple(arr.shape[-3:]) if arr.dim() == 5 else tuple(arr.shape[-2:])
+    pads = []
+    for s in reversed(sizes):
+        pads += [0, (-s) % divisor]
+    return torch.nn.functional.pad(arr, pads), sizes
+
+
+@torch.inference_mode()
+def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed: list[int], progress: Progress | None = None) -> np.ndarray:
+    """Softmax over background + `allowed` organs of the coarse net on a normalised volume; (C, z, y, x) float32."""
+    x = torch.from_numpy(volume)[None, None].to(device)
+    mask = torch.full((NUM_CLASSES,), float("-inf"), device=device)
+    mask[[0, *allowed]] = 0.0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if x[0, 0].numel() <= MAX_WHOLE_VOLUME:
+        padded, sizes = _pad_to(x, net.divisor)
+        with autocast:
+            logits = net(padded)[..., : sizes[0], : sizes[1], : sizes[2]]
+    else:
+        from monai.inferers import sliding_window_inference
+
+        with autocast:
+            logits = sliding_window_inference(x, (128, 128, 128), 2, net, overlap=0.25, mode="gaussian")
+    if progress:
+        progress.update(1.0)
+    probs = torch.softmax(logits.float() + mask[None, :, None, None, None], dim=1)
+    return probs[0].cpu().numpy()
+
+
+def _probs_to_grid(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, channels: list[int]) -> np.ndarray:
+    """Linear resampling of selected probability channels from `grid` to `target`; then argmax -> labels."""
+    out = np.zeros((len(channels),) + tuple(reversed(target.GetSize())), dtype=np.float32)
+    for i, c in enumerate(channels):
+        img = sitk.GetImageFromArray(probs[c])
+        img.CopyInformation(grid)
+        out[i] = sitk.GetArrayFromImage(resample_like(img, target, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
+    return np.asarray(channels, dtype=np.uint8)[out.argmax(0)]
+
+
+def _bbox(mask: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[slice, slice, slice]:
+    zs, ys, xs = np.nonzero(mask)
+    return (slice(zs.min(), zs.max() + 1),
+            slice(max(0, ys.min() - margin), min(shape[0], ys.max() + 1 + margin)),
+            slice(max(0, xs.min() - margin), min(shape[1], xs.max() + 1 + margin)))
+
+
+@torch.inference_mode()
+def refine(net, image: np.ndarray, attention: np.ndarray, organs: list[int], device: torch.device,
+           margin: int = 16, progress: Progress | None = None) -> np.ndarray:
+    """Organ-attention refinement with vote fusion (METHODS §1.3-1.5), on one grid; returns (z, y, x) labels.
+
+    For each organ C, every axial slice of C's attention box (C's attention voxels plus `margin` pixels) is
+    one fully convolutional patch: input (image, attention == C), output foreground/background. Inside its
+    patch the organ votes +1 for foreground and -1 for background; background has a constant 0 and wins ties
+    (the argmax takes the first maximum, and background is first).
+    """
+    votes = np.zeros((len(organs) + 1,) + image.shape, dtype=np.int8)
+    present = [c for c in organs if np.any(attention == c)]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    total_slices = sum(int(np.any(attention == c, axis=(1, 2)).sum()) for c in present) or 1
+    done = 0
+    for c in present:
+        index = organs.index(c) + 1
+        att = attention == c
+        zsl, ysl, xsl = _bbox(att, margin, image.shape[1:])
+        z_idx = np.nonzero(att[zsl].any(axis=(1, 2)))[0] + zsl.start
+        for start in range(0, len(z_idx), REFINE_BATCH):
+            zb = z_idx[start:start + REFINE_BATCH]
+            x = np.stack([image[zb, ysl, xsl], att[zb, ysl, xsl].astype(np.float32)], axis=1)
+            xt, sizes = _pad_to(torch.from_numpy(x).to(device), net.divisor)
+            with autocast:
+                logits = net(xt)[..., : sizes[0], : sizes[1]]
+            fg = (logits[:, 1] > logits[:, 0]).cpu().numpy()
+            votes[index][zb[:, None, None], np.arange(ysl.start, ysl.stop)[None, :, None],
+                         np.arange(xsl.start, xsl.stop)[None, None, :]] = np.where(fg, 1, -1)
+            done += len(zb)
+            if progress:
+                progress.update(done / total_slices, f"organ {c}")
+    labels = np.asarray([0, *organs], dtype=np.uint8)[votes.argmax(0)]
+    return labels
+
+
+def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, refined: bool = True,
+            device: torch.device | None = None, progress: Progress | None = None, on_coarse=None) -> Segmentation:
+    """Segment a CT (any orientation, HU) with `model`; the result overlays `image` voxel for voxel.
+
+    `on_coarse(labels)` is called with the coarse label map (on the input grid) as soon as it exists, so a
+    viewer can show it while the refined stage runs.
+    """
+    device = device or pick_device()
+    organs = sorted(organs or model.organs)
+    missing = sorted(set(organs) - set(model.organs))
+    if missing:
+        raise ContrastSegError(f"model '{model.card.get('name')}' does not cover organ ids {missing}; it covers {model.organs}")
+    if refined and model.refined is None:
+        raise ContrastSegError(f"model '{model.card.get('name')}' has no refined network; use --coarse-only")
+    check_ct(image)
+    timings = {}
+    prog = progress or Progress("none")
+
+    t = time.perf_counter()
+    prog.begin("preprocess", "resampling to the coarse grid")
+    coarse_spacing = tuple(model.card["coarse"]["spacing"])
+    low = prepare(image, coarse_spacing)
+    timings["preprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    prog.begin("coarse", "3D U-Net")
+    net = model.coarse.to(device)
+    probs = coarse_probabilities(net, low.array, device, organs, prog)
+    coarse_low = np.asarray([0, *organs], dtype=np.uint8)[probs[[0, *organs]].argmax(0)]
+    coarse = _to_input_grid(coarse_low, low.grid, image)
+    timings["coarse"] = time.perf_counter() - t
+    if on_coarse is not None:
+        on_coarse(coarse)
+    if not refined:
+        return Segmentation(coarse, coarse, organs, timings)
+
+    t = time.perf_counter()
+    prog.begin("refine", "organ-attention network")
+    rset = model.card["refined"]
+    if not coarse_low.any():
+        timings["refine"] = time.perf_counter() - t
+        return Segmentation(coarse, coarse, organs, timings)
+    fine = prepare(image, inplane_spacing(to_canonical(image), rset["inplane_spacing"]))
+    attention = _probs_to_grid(probs, low.grid, fine.grid, [0, *organs])
+    timings["attention"] = time.perf_counter() - t
+    rnet = model.refined.to(device)
+    fine_labels = refine(rnet, fine.array, attention, organs, device, rset.get("margin", 16), prog)
+    labels = _to_input_grid(fine_labels, fine.grid, image)
+    timings["refine"] = time.perf_counter() - t
+    return Segmentation(labels, coarse, organs, timings)
+
+
+def _to_input_grid(labels: np.ndarray, grid: sitk.Image, image: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(labels_to_grid(labels, grid, image))
+    out.CopyInformation(image)
+    return out

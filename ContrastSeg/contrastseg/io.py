@@ -1,0 +1,264 @@
+"""Reading CT volumes and label maps, and writing label maps atomically with their organ names and colours.
+
+Images keep their world geometry (spacing, origin, direction) as SimpleITK images, so a label map computed
+on any working grid can be resampled back onto the input grid and overlays it exactly in world coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ContrastSegError
+from .organs import BY_ID
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
+
+
+def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
+    """Split a path into (stem, known image suffix); '.nii.gz' and '.seg.nrrd' count as one suffix."""
+    name = str(path)
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return os.path.splitext(name)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ContrastSegError(f"{folder} holds no DICOM series (no readable DICOM image files found)")
+    if len(series) > 1:
+        described = []
+        for uid in series:
+            files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+            described.append(f"{uid} ({len(files)} files)")
+        raise ContrastSegError(
+            f"{folder} holds {len(series)} DICOM series; put one series per folder. Series: " + "; ".join(described)
+        )
+    # GetGDCMSeriesFileNames sorts by ImagePositionPatient along the slice normal, not by file name.
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()  # GDCM applies RescaleSlope / RescaleIntercept
+    except RuntimeError as err:
+        raise ContrastSegError(f"cannot read the DICOM series in {folder}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "Description" in ln or "ERROR" in ln.upper()]
+    return (useful or lines or ["unknown error"])[-1][:200]
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D image (NIfTI, NRRD, MHA or a folder holding one DICOM series) as float32 with its geometry."""
+    path = Path(path)
+    if not path.exists():
+        raise ContrastSegError(f"input not found: {path}")
+    if path.is_dir():
+        image = _read_dicom_series(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            raise ContrastSegError(f"cannot read {path}: not a readable image file ({_first_line(err)})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ContrastSegError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar CT")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise ContrastSegError(
+            f"{path} is not a 3D volume (size {'x'.join(map(str, image.GetSize()))}); ContrastSeg needs a CT volume of several slices"
+        )
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def check_ct(image: sitk.Image, source: str = "input") -> None:
+    """Refuse images whose intensities cannot be CT Hounsfield units.
+
+    A body CT always holds air (about -1000 HU) around or inside the patient; images scaled to [0, 1] or
+    [0, 255] (PNG stacks, MRI, normalised arrays) do not, and would be silently mis-segmented.
+    """
+    arr = sitk.GetArrayViewFromImage(image)
+    sample = arr[:: max(1, arr.shape[0] // 16)].ravel()
+    low, high = np.percentile(sample, [0.5, 99.5])
+    if low > -300 or high - low < 300:
+        raise ContrastSegError(
+            f"{source} does not look like CT in Hounsfield units (intensities from {low:.1f} to {high:.1f}; a CT has air "
+            "near -1000 HU). Convert it to HU, or give the original CT."
+        )
+
+
+def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id_map: dict[int, int] | None = None) -> sitk.Image:
+    """Read a label map as uint8; map its ids through `id_map` (others become 0) and put it on `reference`'s grid.
+
+    A label map on another grid is accepted only if it covers the same world region (e.g. the same voxels
+    stored with a flipped axis); it is then resampled by nearest neighbour. Otherwise it is refused, since
+    it does not belong to the image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ContrastSegError(f"label map not found: {path}")
+    try:
+        labels = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise ContrastSegError(f"cannot read label map {path} ({_first_line(err)})") from None
+    arr = sitk.GetArrayFromImage(labels)
+    if np.any(arr != np.round(arr)) or arr.min() < 0:
+        raise ContrastSegError(f"{path} is not a label map (it has negative or non-integer values)")
+    arr = arr.astype(np.int64)
+    if id_map is not None:
+        lut = np.zeros(max(int(arr.max()), max(id_map)) + 1, dtype=np.uint8)
+        for src, dst in id_map.items():
+            lut[src] = dst
+        arr = lut[arr]
+    else:
+        unknown = sorted(set(np.unique(arr).tolist()) - set(BY_ID) - {0})
+        if unknown:
+            raise ContrastSegError(
+                f"{path} has label ids {unknown[:10]} that are not BTCV organ ids (1-13); give an id map for it"
+            )
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(labels)
+    if reference is None:
+        return out
+    if _same_grid(out, reference):
+        out.CopyInformation(reference)
+        return out
+    if not _same_region(out, reference):
+        raise ContrastSegError(
+            f"label map {path} does not match its image: size {out.GetSize()} spacing "
+            f"{tuple(round(s, 3) for s in out.GetSpacing())} vs the image's {reference.GetSize()} "
+            f"{tuple(round(s, 3) for s in reference.GetSpacing())} over a different world region"
+        )
+    return sitk.Resample(out, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 100)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def world_bounds(image: sitk.Image) -> np.ndarray:
+    """Axis-aligned world bounding box (2x3: min, max) of the voxel centres of `image`."""
+    size = np.array(image.GetSize()) - 1
+    corners = [
+        image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i * size[0], j * size[1], k * size[2])])
+        for i in (0, 1) for j in (0, 1) for k in (0, 1)
+    ]
+    corners = np.array(corners)
+    return np.stack([corners.min(0), corners.max(0)])
+
+
+def _same_region(a: sitk.Image, b: sitk.Image) -> bool:
+    tol = max(max(a.GetSpacing()), max(b.GetSpacing()))
+    return bool(np.all(np.abs(world_bounds(a) - world_bounds(b)) <= tol))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path` (same suffix) and move it onto `path` only if the block succeeds.
+
+    Readers never see a half-written file, and a failure (full disk, bad data) leaves no file behind.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise ContrastSegError(f"output folder does not exist: {path.parent}")
+    stem, suffix = split_suffix(path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _write_image(image: sitk.Image, tmp: Path) -> None:
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    except RuntimeError as err:
+        raise ContrastSegError(f"cannot write {tmp.name.split('.tmp')[0]}: {_first_line(err)}") from None
+
+
+def segment_metadata(label_ids: list[int]) -> dict[str, str]:
+    """Slicer .seg.nrrd header fields so Slicer shows named, coloured organs with SNOMED CT terminology."""
+    meta = {"Segmentation_MasterRepresentation": "Binary labelmap", "Segmentation_ContainedRepresentationNames": "Binary labelmap|"}
+    for i, label in enumerate(label_ids):
+        organ = BY_ID[label]
+        meta.update({
+            f"Segment{i}_ID": organ.key,
+            f"Segment{i}_Name": organ.name,
+            f"Segment{i}_NameAutoGenerated": "0",
+            f"Segment{i}_Color": " ".join(f"{c / 255:.6f}" for c in organ.color),
+            f"Segment{i}_ColorAutoGenerated": "0",
+            f"Segment{i}_LabelValue": str(label),
+            f"Segment{i}_Layer": "0",
+            f"Segment{i}_Tags": f"TerminologyEntry:{organ.terminology_entry()}|",
+        })
+    return meta
+
+
+def label_sidecar(label_ids: list[int]) -> dict:
+    """The organ table for a label map: what each id means, for readers other than Slicer."""
+    return {
+        "labels": [
+            {"id": o.id, "key": o.key, "name": o.name, "color": list(o.color),
+             "snomed": {"scheme": o.snomed[0], "code": o.snomed[1], "meaning": o.snomed[2]},
+             "modifier": None if o.modifier is None else {"scheme": o.modifier[0], "code": o.modifier[1], "meaning": o.modifier[2]}}
+            for o in (BY_ID[i] for i in label_ids)
+        ]
+    }
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """`seg.nii.gz` -> `seg.json`: the organ names and colours of a label map written by ContrastSeg."""
+    stem, _ = split_suffix(path)
+    return Path(stem + ".json")
+
+
+def write_labels(labels: sitk.Image, path: str | os.PathLike, label_ids: list[int]) -> list[Path]:
+    """Write a BTCV label map (format by extension) and its organ table; return the paths written.
+
+    `.seg.nrrd` carries the segment names, colours and terminology in its header (Slicer reads it as a
+    Segmentation); other formats get a JSON sidecar. Both files are written atomically.
+    """
+    path = Path(path)
+    stem, suffix = split_suffix(path)
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        raise ContrastSegError(f"unsupported output format '{path.name}'; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
+    labels = sitk.Cast(labels, sitk.sitkUInt8)
+    if suffix.lower() == ".seg.nrrd":
+        labels = sitk.Image(labels)
+        for key, value in segment_metadata(label_ids).items():
+            labels.SetMetaData(key, value)
+    with atomic_path(path) as tmp:
+        _write_image(labels, tmp)
+    written = [path]
+    if suffix.lower() != ".seg.nrrd":
+        write_json(label_sidecar(label_ids), sidecar_path(path))
+        written.append(sidecar_path(path))
+    return written

@@ -1,0 +1,88 @@
+"""Per-organ Dice, HD95 and ASSD (mm) in 3D on the original grid (METHODS.md §6), and truth readers.
+
+An organ absent from both truth and prediction is skipped, not scored 1. When only one side has it, Dice is
+0 and the distances are undefined (reported as null).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
+
+from .errors import ContrastSegError
+from .io import read_image, read_labels
+from .organs import BY_ID, IRCAD_TO_BTCV
+
+
+def _crop_pair(a: np.ndarray, b: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    both = a | b
+    idx = np.argwhere(both)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, both.shape)
+    sl = tuple(slice(int(lo_), int(hi_)) for lo_, hi_ in zip(lo, hi))
+    return a[sl], b[sl]
+
+
+def organ_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float, float, float]) -> dict | None:
+    """Dice, HD95 (mm) and ASSD (mm) of two binary (z, y, x) masks; None if both are empty."""
+    if not pred.any() and not truth.any():
+        return None
+    if not pred.any() or not truth.any():
+        return {"dice": 0.0, "hd95": None, "assd": None, "pred_voxels": int(pred.sum()), "truth_voxels": int(truth.sum())}
+    p, t = _crop_pair(pred.astype(bool), truth.astype(bool))
+    pt = torch.from_numpy(p)[None, None].float()
+    tt = torch.from_numpy(t)[None, None].float()
+    dice = DiceMetric(include_background=True, reduction="none")(pt, tt)
+    hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pt, tt, spacing=list(spacing_zyx))
+    assd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(pt, tt, spacing=list(spacing_zyx))
+    return {"dice": round(float(dice), 4), "hd95": round(float(hd95), 2), "assd": round(float(assd), 2),
+            "pred_voxels": int(pred.sum()), "truth_voxels": int(truth.sum())}
+
+
+def evaluate(pred: np.ndarray, truth: dict[int, np.ndarray], spacing_zyx, organs: list[int] | None = None) -> dict:
+    """Per-organ metrics of a label array against binary truth masks; `organs` limits which are scored."""
+    result = {}
+    for oid in sorted(organs or truth):
+        m = organ_metrics(pred == oid, truth.get(oid, np.zeros_like(pred, dtype=bool)), spacing_zyx)
+        if m is not None:
+            result[BY_ID[oid].key] = dict(id=oid, **m)
+    dices = [m["dice"] for m in result.values()]
+    return {"organs": result, "mean_dice": round(float(np.mean(dices)), 4) if dices else None}
+
+
+def _read_ircad_masks(root: Path, reference: sitk.Image) -> dict[int, np.ndarray]:
+    masks = {}
+    for name, oid in IRCAD_TO_BTCV.items():
+        folder = root / name
+        if not folder.exists():
+            continue
+        img = read_image(folder)
+        if img.GetSize() != reference.GetSize():
+            raise ContrastSegError(f"IRCAD mask {name} has size {img.GetSize()}, the prediction {reference.GetSize()}")
+        masks[oid] = sitk.GetArrayFromImage(img) > 0
+    return masks
+
+
+def load_truth(path: Path, reference: sitk.Image, id_map: dict[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Truth as {BTCV id: binary mask on `reference`'s grid}.
+
+    Accepts a label map (BTCV ids, or others through `id_map`), or 3D-IRCADb masks (MASKS_DICOM.zip or its
+    extracted folder: one DICOM series per structure, mapped by organs.IRCAD_TO_BTCV).
+    """
+    path = Path(path)
+    if path.suffix == ".zip":
+        with tempfile.TemporaryDirectory() as tmp:
+            with zipfile.ZipFile(path) as z:
+                z.extractall(tmp)
+            inner = next((p for p in Path(tmp).rglob("*") if p.is_dir() and (p / "liver").exists()), Path(tmp))
+            return _read_ircad_masks(inner, reference)
+    if path.is_dir() and any((path / name).is_dir() for name in IRCAD_TO_BTCV):
+        return _read_ircad_masks(path, reference)
+    labels = sitk.GetArrayFromImage(read_labels(path, reference, id_map))
+    return {oid: labels == oid for oid in BY_ID if np.any(labels == oid)}

@@ -1,0 +1,65 @@
+"""Organ patches (METHODS.md §1.3): 2D axial windows centred on voxels of one organ, with its attention mask.
+
+Shared by supervised fine-tuning and the patch-based pretraining strategies. During training the attention
+mask is the ground truth perturbed (dilated or eroded a few pixels, shifted) so the refined network learns
+to correct an imperfect coarse mask, as it must at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class OrganIndex:
+    """For one case: the (z, y, x) voxel coordinates of each organ present, for O(1) centre sampling."""
+
+    coords: dict[int, np.ndarray]
+
+    @classmethod
+    def build(cls, labels: np.ndarray, organs: list[int], min_voxels: int = 20) -> "OrganIndex":
+        coords = {}
+        for c in organs:
+            idx = np.argwhere(labels == c)
+            if len(idx) >= min_voxels:
+                coords[c] = idx.astype(np.int32)
+        return cls(coords)
+
+
+def crop2d(arr: np.ndarray, cy: int, cx: int, size: int, fill: float = 0.0) -> np.ndarray:
+    """A size x size window of a 2D array centred at (cy, cx), padded with `fill` outside the array."""
+    out = np.full((size, size), fill, dtype=arr.dtype)
+    y0, x0 = cy - size // 2, cx - size // 2
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(arr.shape[0], y0 + size), min(arr.shape[1], x0 + size)
+    if ye > ys and xe > xs:
+        out[ys - y0:ye - y0, xs - x0:xe - x0] = arr[ys:ye, xs:xe]
+    return out
+
+
+def perturb_mask(mask: np.ndarray, rng: np.random.Generator, max_radius: int = 3, max_shift: int = 3) -> np.ndarray:
+    """Imitate a coarse model's mask: random dilation or erosion by up to `max_radius` px and a small shift."""
+    r = int(rng.integers(-max_radius, max_radius + 1))
+    if r > 0:
+        mask = ndimage.binary_dilation(mask, iterations=r)
+    elif r < 0:
+        eroded = ndimage.binary_erosion(mask, iterations=-r)
+        mask = eroded if eroded.any() else mask
+    dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+    return np.roll(mask, (int(dy), int(dx)), axis=(0, 1))
+
+
+def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ: int, rng: np.random.Generator,
+                 size: int = 128, perturb: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One training patch for `organ`: input (2, size, size) = (image, attention), target (size, size) in {0,1}.
+
+    The centre is a random voxel of the organ, so every patch holds some of it (METHODS §1.3).
+    """
+    z, cy, cx = index.coords[organ][rng.integers(len(index.coords[organ]))]
+    truth = crop2d(labels[z] == organ, cy, cx, size, False)
+    attention = perturb_mask(truth, rng) if perturb else truth
+    img = crop2d(image[z], cy, cx, size, 0.0)
+    return np.stack([img, attention.astype(np.float32)]), truth.astype(np.float32)

@@ -1,0 +1,51 @@
+"""Checkpoints as safetensors (+ JSON for counters and optimizer hyper-parameters): resumable, never pickled.
+
+A checkpoint holds the network, the optimizer's tensors and the step counter. It is written under a
+temporary name and renamed, so a run killed mid-write resumes from the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "checkpoint.json"
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{idx}.{name}"] = t.detach().contiguous().cpu()
+    meta = {"step": step, "param_groups": opt["param_groups"], **(extra or {})}
+    tmp = run_dir / f".{CHECKPOINT}.tmp"
+    save_file(tensors, str(tmp))
+    tmp_json = run_dir / f".{STATE}.tmp"
+    tmp_json.write_text(json.dumps(meta, indent=2))
+    # the JSON names the step of the tensors beside it: rename tensors first, then the JSON
+    os.replace(tmp, run_dir / CHECKPOINT)
+    os.replace(tmp_json, run_dir / STATE)
+
+
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict | None:
+    """Restore model (and optimizer) from `run_dir`; returns the checkpoint's JSON, or None if there is none."""
+    if not (run_dir / CHECKPOINT).exists() or not (run_dir / STATE).exists():
+        return None
+    tensors = load_file(str(run_dir / CHECKPOINT))
+    meta = json.loads((run_dir / STATE).read_text())
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if optimizer is not None:
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta

@@ -1,0 +1,99 @@
+"""Supervised training of the coarse 3D U-Net (Dice + cross-entropy on random crops of the low-res grid)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from ..dataset import PreparedCase, entries, prepare_case
+from ..errors import ContrastSegError
+from ..models.files import build_coarse, save_stage, write_card
+from ..organs import BY_ID
+from ..progress import Progress
+from .loop import cosine, train
+from .provenance import dataset_provenance
+
+
+@dataclass
+class CoarseSettings:
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    crop: tuple[int, int, int] = (64, 96, 96)  # z, y, x voxels of the coarse grid
+    batch: int = 2
+    steps: int = 2000
+    lr: float = 2e-3
+    seed: int = 0
+    foreground_fraction: float = 0.7
+    organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
+
+
+def _crop3d(arr: np.ndarray, start: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    out = np.zeros(size, dtype=arr.dtype)
+    src = [slice(max(0, s), min(n, s + c)) for s, c, n in zip(start, size, arr.shape)]
+    dst = [slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start)]
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
+
+
+def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction: float, fg_coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop, centred on a random organ voxel with probability `fg_fraction`; light intensity jitter."""
+    shape = np.array(case.image.shape)
+    if len(fg_coords) and rng.random() < fg_fraction:
+        centre = fg_coords[rng.integers(len(fg_coords))]
+    else:
+        centre = rng.integers(0, shape)
+    start = np.asarray(centre) - np.asarray(size) // 2 + rng.integers(-8, 9, size=3)
+    img = _crop3d(case.image, start, size)
+    lab = _crop3d(case.labels, start, size)
+    img = img * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05) + rng.normal(0, 0.02, size=img.shape).astype(np.float32)
+    return img.astype(np.float32), lab
+
+
+def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device: torch.device,
+                 progress: Progress | None = None, init: torch.nn.Module | None = None) -> Path:
+    """Train the coarse network on a dataset's labelled entries; writes `run_dir/model` (card + weights)."""
+    labelled = entries(dataset, labelled_only=True)
+    if not labelled:
+        raise ContrastSegError(f"dataset {dataset} has no labelled entries; the coarse stage needs at least 1")
+    cache = Path(dataset if Path(dataset).is_dir() else Path(dataset).parent) / ".cache"
+    cases = [prepare_case(e, settings.spacing, cache) for e in labelled]
+    allowed = np.zeros(256, dtype=np.uint8)
+    allowed[settings.organs] = settings.organs
+    for c in cases:
+        c.labels = allowed[c.labels]
+    fg = [np.argwhere(c.labels > 0) for c in cases]
+    net = init if init is not None else build_coarse({"channels": settings.channels})
+    net = net.to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+
+    def step(rng: np.random.Generator) -> torch.Tensor:
+        picks = rng.integers(len(cases), size=settings.batch)
+        pairs = [sample_crop(cases[i], settings.crop, rng, settings.foreground_fraction, fg[i]) for i in picks]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64)).to(device)
+        return loss_fn(net(x), y)
+
+    t0 = time.time()
+    summary = train(run_dir, net, optimizer, step, settings.steps, settings.seed, progress=progress,
+                    items_per_step=settings.batch, scheduler_fn=cosine(settings.steps, warmup=50))
+    model_dir = run_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    weights = save_stage(model_dir, "coarse", net)
+    present = sorted({int(v) for c in cases for v in np.unique(c.labels)} - {0})
+    write_card(model_dir, {
+        "name": run_dir.name,
+        "organs": present,
+        "coarse": {"architecture": "CoarseUNet", "channels": list(settings.channels), "spacing": list(settings.spacing),
+                   "weights": weights},
+        "preprocessing": {"orientation": "RAS", "hu_window": [-175, 250], "scaling": "percentile 1-99 of the clipped volume"},
+        "training": {"coarse": {"settings": asdict(settings), "summary": summary, "device": str(device),
+                                "wall_seconds": round(time.time() - t0, 1),
+                                "data": dataset_provenance(labelled)}},
+    })
+    return model_dir

@@ -1,0 +1,58 @@
+"""Train the default model shipped in Resources/Models/default from redistributable data only.
+
+Data: the TotalSegmentator example CTs (Apache-2.0) with their label maps (TotalSegmentator model output,
+mapped to BTCV ids): example_ct.nii.gz + example_seg_fast_force_split.nii.gz, and the 20-slice DICOM series
++ example_seg_dicom.nii.gz. (example_ct_sm is slices 82-111 of example_ct with a stale origin: left out.)
+
+    python scripts/train_default_model.py --work work/default --threads 2
+
+Then copy work/default/refined/model/* into Resources/Models/default/ (weights stored as fp16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from contrastseg.progress import Progress
+from contrastseg.train.coarse import CoarseSettings, train_coarse
+from contrastseg.train.refined import RefinedSettings, finetune
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator-examples"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("work/default"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--coarse-steps", type=int, default=800)
+    ap.add_argument("--refined-steps", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": "contrastseg-dataset/1", "entries": [
+        {"id": "ts-example-ct", "image": str(DATA / "example_ct.nii.gz"),
+         "labels": str(DATA / "example_seg_fast_force_split.nii.gz"), "id_map": "totalsegmentator",
+         "source": "TotalSegmentator tests/reference_files (Apache-2.0); labels are TotalSegmentator output"},
+        {"id": "ts-example-dicom", "image": str(DATA / "example_ct_dicom"),
+         "labels": str(DATA / "example_seg_dicom.nii.gz"), "id_map": "totalsegmentator",
+         "source": "TotalSegmentator tests/reference_files (Apache-2.0); labels are TotalSegmentator output"},
+    ]}
+    (args.work / "data").mkdir(exist_ok=True)
+    (args.work / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    device = torch.device(args.device)
+    coarse = train_coarse(args.work / "data", args.work / "coarse",
+                          CoarseSettings(steps=args.coarse_steps, channels=(8, 16, 32, 64), crop=(48, 80, 80)),
+                          device, Progress("bar", {"train": 1}))
+    print("\ncoarse model:", coarse)
+    refined = finetune(args.work / "data", args.work / "refined", coarse, RefinedSettings(steps=args.refined_steps),
+                       device, Progress("bar", {"train": 1}))
+    print("\nrefined model:", refined)
+
+
+if __name__ == "__main__":
+    main()
