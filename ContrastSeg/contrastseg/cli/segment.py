@@ -13,7 +13,8 @@ from ..infer import segment
 from ..io import IMAGE_SUFFIXES, read_image, split_suffix, write_labels
 from ..models.files import load_model
 from ..organs import parse_organs
-from ..paths import default_model, sample_ct
+from ..paths import sample_ct
+from ..store import resolve
 from ._common import add_runtime_options, runtime
 
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
                                    "With no INPUT, segments the bundled sample CT.")
     p.add_argument("input", nargs="?", type=Path, help="CT file or DICOM folder (default: the bundled sample CT)")
     p.add_argument("-o", "--output", type=Path, required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd, .mha)")
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled default model)")
+    p.add_argument("--model", default=None, help="model folder or model-store name (default: the store's default model)")
     p.add_argument("--organs", default=None, help="comma-separated organ names or ids (default: all the model covers)")
     p.add_argument("--coarse-only", action="store_true", help="stop after the coarse 3D stage")
     p.add_argument("--coarse-output", type=Path, default=None, help="also write the coarse label map here, as soon as it exists")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     source = args.input or sample_ct()
     image = read_image(source)
-    model = load_model(args.model or default_model(), ("coarse",) if args.coarse_only else ("coarse", "refined"))
+    model = load_model(resolve(args.model), ("coarse",) if args.coarse_only else ("coarse", "refined"))
     if args.organs is None:
         organs = model.organs
     t_read = time.perf_counter() - t
