@@ -6,8 +6,10 @@ on any working grid can be resampled back onto the input grid and overlays it ex
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,18 @@ def _first_line(err: Exception) -> str:
     return (useful or lines or ["unknown error"])[-1][:200]
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """ITK reads a truncated .gz without complaint (the missing voxels come back as zeros): check the stream."""
+    if not path.name.lower().endswith(".gz"):
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        raise ContrastSegError(f"cannot read {path}: the compressed file is truncated or corrupt ({err})") from None
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D image (NIfTI, NRRD, MHA or a folder holding one DICOM series) as float32 with its geometry."""
     path = Path(path)
@@ -66,6 +80,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_series(path)
     else:
+        _check_gzip_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
@@ -107,6 +122,7 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id
     path = Path(path)
     if not path.exists():
         raise ContrastSegError(f"label map not found: {path}")
+    _check_gzip_complete(path)
     try:
         labels = sitk.ReadImage(str(path))
     except RuntimeError as err:
