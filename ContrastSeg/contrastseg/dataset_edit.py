@@ -1,0 +1,296 @@
+"""Writing the local dataset of corrected labels: add, remove (to a trash folder) and check entries.
+
+The read side (manifest format, `entries`, `prepare_case`) is `dataset.py`, which every training run uses;
+this module only ever appends to it, in the same format. Layout of a dataset folder:
+
+    manifest.json              the entries (format contrastseg-dataset/1), rewritten atomically
+    images/<case>-<sha12>.*    the CTs, one file per distinct image (versions of a case share it)
+    labels/<id>.seg.nrrd       the BTCV label maps, one per entry (Slicer opens them as Segmentations)
+    trash/<id>/                the files of removed entries: nothing is ever deleted
+    .lock                      serialises writers (the CLI and Slicer may write at the same time)
+
+Entries are immutable: exporting the same case again makes a new version (`<case>-v2`), the old one stays.
+Files are written under temporary names and renamed, then the manifest is replaced atomically, so a crash
+at any point leaves a valid manifest (at worst an unreferenced file, which `check` reports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .checksum import sha256
+from .dataset import DATASET_FORMAT, MANIFEST, _id_map, read_manifest
+from .errors import ContrastSegError
+from .io import _read_dicom_series, _same_grid, atomic_path, read_image, read_labels, split_suffix, write_json, write_labels
+from .organs import BY_ID
+
+TRASH = "trash"
+LABEL_SUFFIX = ".seg.nrrd"
+DICOM_TAGS = {"study_uid": "0020|000d", "series_uid": "0020|000e", "frame_of_reference_uid": "0020|0052"}
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold the dataset's writer lock (an OS file lock, released even if the process dies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except ImportError:  # Windows
+            import msvcrt
+
+            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+        yield
+
+
+def _load(folder: Path) -> dict:
+    return read_manifest(folder) if (folder / MANIFEST).exists() else {"format": DATASET_FORMAT, "entries": []}
+
+
+def _save(folder: Path, data: dict) -> None:
+    write_json(data, folder / MANIFEST)
+
+
+def slug(text: str) -> str:
+    """A case name usable in file names: lower case letters, digits and dashes."""
+    text = re.sub(r"[^a-z0-9]+", "-", split_suffix(Path(str(text)).name)[0].lower()).strip("-")
+    return text[:48] or "case"
+
+
+def geometry(image: sitk.Image) -> dict:
+    return {"size": list(image.GetSize()), "spacing": [round(v, 6) for v in image.GetSpacing()],
+            "origin": [round(v, 4) for v in image.GetOrigin()], "direction": [round(v, 6) for v in image.GetDirection()]}
+
+
+def dicom_uids(path: Path) -> dict | None:
+    """Study/series UIDs of a DICOM folder (from its first file), or None for other inputs or blank tags."""
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    for f in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        uids = {k: reader.GetMetaData(t).strip() for k, t in DICOM_TAGS.items() if reader.HasMetaDataKey(t)}
+        uids = {k: v for k, v in uids.items() if v}
+        return uids or None
+    return None
+
+
+def changes(initial: np.ndarray, final: np.ndarray) -> dict:
+    """What the user's correction changed: voxels changed in all, and per organ voxels added and removed."""
+    edited = {}
+    for oid in sorted((set(np.unique(initial).tolist()) | set(np.unique(final).tolist())) - {0}):
+        before, after = initial == oid, final == oid
+        added, removed = int(np.count_nonzero(after & ~before)), int(np.count_nonzero(before & ~after))
+        if added or removed:
+            edited[BY_ID[oid].key] = {"id": oid, "added": added, "removed": removed}
+    return {"changed_voxels": int(np.count_nonzero(initial != final)), "edited": edited}
+
+
+def _store_image(folder: Path, source: Path, case: str, source_sha: str) -> tuple[str, sitk.Image]:
+    """Put the CT in images/ once per distinct file: NIfTI is copied byte for byte, others become NRRD."""
+    (folder / "images").mkdir(exist_ok=True)
+    suffix = ".nii.gz" if source.is_file() and source.name.lower().endswith(".nii.gz") else ".nrrd"
+    rel = f"images/{case}-{source_sha[:12]}{suffix}"
+    target = folder / rel
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            if suffix == ".nii.gz":
+                shutil.copyfile(source, tmp)
+            else:  # keep the original voxel type (read_image casts to float32)
+                raw = _read_dicom_series(source) if source.is_dir() else sitk.ReadImage(str(source))
+                sitk.WriteImage(raw, str(tmp), useCompression=True)
+    return rel, read_image(target)
+
+
+def _case_for(data: dict, case: str | None, name: str, source_sha: str, uids: dict | None) -> str:
+    """The case an export belongs to: given, or the one with the same source image or series, else a new one."""
+    records = data["entries"]
+    if case:
+        return slug(case)
+    for rec in reversed(records):
+        prov = rec.get("provenance", {})
+        same_series = uids and uids.get("series_uid") and (prov.get("dicom") or {}).get("series_uid") == uids["series_uid"]
+        if prov.get("source_image_sha256") == source_sha or same_series:
+            return rec.get("case", rec["id"])
+    base, taken = slug(name), {r.get("case", r["id"]) for r in records}
+    new, n = base, 2
+    while new in taken:
+        new, n = f"{base}-{n}", n + 1
+    return new
+
+
+def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str | os.PathLike | None = None, *,
+              case: str | None = None, entry_id: str | None = None, phase: str | None = None, source: str | None = None,
+              id_map: str | dict | None = None, initial: str | os.PathLike | None = None, initial_id_map=None,
+              model: str | None = None, volume_name: str | None = None, dicom: dict | None = None,
+              note: str | None = None) -> dict:
+    """Add one CT (and its corrected BTCV label map, if any) as a new, immutable entry; returns its record.
+
+    `labels` may use another id scheme (`id_map`, e.g. "totalsegmentator"); it is stored with BTCV ids on the
+    image's grid. `initial` is the segmentation before correction (the model's output, by `model`): the record
+    then says which organs were edited and how many voxels changed. `dicom` holds the UIDs when the image
+    came from DICOM (read from the files for a DICOM folder).
+    """
+    folder, image = Path(dataset), Path(image)
+    ct = read_image(image)  # refuses non-3D and unreadable inputs before anything is written
+    lab = read_labels(labels, ct, _id_map(id_map)) if labels is not None else None
+    source_sha = sha256(image)
+    uids = dicom or dicom_uids(image)
+    with locked(folder):
+        data = _load(folder)
+        case = _case_for(data, case, volume_name or image.name, source_sha, uids)
+        versions = [r.get("version", 1) for r in data["entries"] if r.get("case", r["id"]) == case]
+        version = max(versions, default=0) + 1
+        entry_id = entry_id or f"{case}-v{version}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}", entry_id):
+            raise ContrastSegError(f"entry id '{entry_id}' is not allowed (letters, digits, _ . -)")
+        if any(r["id"] == entry_id for r in data["entries"]):
+            raise ContrastSegError(f"dataset {folder} already has an entry '{entry_id}'; entries are never overwritten")
+        image_rel, stored = _store_image(folder, image, case, source_sha)
+        record = {"id": entry_id, "case": case, "version": version, "image": image_rel, "labels": None,
+                  "id_map": None, "phase": phase, "source": source or f"{image.name}",
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "image_sha256": sha256(folder / image_rel),
+                  "geometry": geometry(stored)}
+        prov = {"volume_name": volume_name or image.name, "source_path": str(image.resolve()),
+                "source_image_sha256": source_sha, "dicom": uids, "model": model}
+        if lab is not None:
+            labels_rel = f"labels/{entry_id}{LABEL_SUFFIX}"
+            if (folder / labels_rel).exists():
+                raise ContrastSegError(f"{folder / labels_rel} exists; a corrected label map is never overwritten")
+            (folder / "labels").mkdir(exist_ok=True)
+            arr = sitk.GetArrayFromImage(lab)
+            present = sorted(int(v) for v in np.unique(arr) if v)
+            write_labels(lab, folder / labels_rel, present or [])
+            record.update(labels=labels_rel, labels_sha256=sha256(folder / labels_rel), organs=present,
+                          organ_voxels={BY_ID[o].key: int(np.count_nonzero(arr == o)) for o in present})
+            prov["labels_source"] = str(Path(labels).resolve())
+            if initial is not None:
+                before = sitk.GetArrayFromImage(read_labels(initial, ct, _id_map(initial_id_map)))
+                prov.update(changes(before, arr))
+        if note:
+            prov["note"] = note
+        record["provenance"] = prov
+        data["entries"].append(record)
+        _save(folder, data)
+    return record
+
+
+def live_records(dataset: str | os.PathLike) -> list[dict]:
+    """Manifest records not removed, in the order they were added."""
+    return [r for r in read_manifest(dataset).get("entries", []) if not r.get("removed")]
+
+
+def latest_per_case(records: list[dict]) -> list[dict]:
+    """The newest version of each case: a re-exported correction supersedes the earlier one for training."""
+    best: dict[str, dict] = {}
+    for r in records:
+        key = r.get("case", r["id"])
+        if key not in best or r.get("version", 1) >= best[key].get("version", 1):
+            best[key] = r
+    return list(best.values())
+
+
+def remove_entry(dataset: str | os.PathLike, entry_id: str) -> dict:
+    """Mark an entry removed and move its files to trash/<id>/ (an image another entry uses stays in place).
+
+    The manifest is updated first, so a crash before the move leaves the entry already excluded from
+    training; running remove again finishes the move.
+    """
+    folder = Path(dataset)
+    with locked(folder):
+        data = read_manifest(folder)
+        rec = next((r for r in data["entries"] if r["id"] == entry_id), None)
+        if rec is None:
+            raise ContrastSegError(f"dataset {folder} has no entry '{entry_id}'")
+        in_use = {r["image"] for r in data["entries"] if not r.get("removed") and r is not rec}
+        moves = {}
+        for key in ("labels", "image"):
+            rel = rec.get(key)
+            if rel and not Path(rel).is_absolute() and not (key == "image" and rel in in_use):
+                moves[key] = (rel, f"{TRASH}/{entry_id}/{Path(rel).name}")
+                if key == "labels":
+                    side = Path(split_suffix(rel)[0] + ".json")
+                    if (folder / side).exists():
+                        moves["labels_sidecar"] = (str(side), f"{TRASH}/{entry_id}/{side.name}")
+        rec.update(removed=True, removed_at=rec.get("removed_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   trash={k: dst for k, (_, dst) in moves.items()})
+        _save(folder, data)
+        for src, dst in moves.values():
+            if (folder / src).exists():
+                (folder / dst).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder / src, folder / dst)
+    return rec
+
+
+def check(dataset: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Verify every live entry (files present, SHA-256, readable 3D CT, labels on its grid with BTCV ids).
+
+    Returns (problems, warnings): problems make an entry unusable; warnings are files no entry uses (left
+    by an interrupted write) and entries without a recorded checksum (datasets written by hand).
+    """
+    folder = Path(dataset)
+    base = folder if folder.is_dir() else folder.parent
+    data = read_manifest(folder)
+    problems, warnings, used = [], [], set()
+    for rec in data.get("entries", []):
+        if rec.get("removed"):
+            for dst in (rec.get("trash") or {}).values():
+                used.add(str(Path(dst)))
+                if not (base / dst).exists():
+                    warnings.append(f"{rec['id']}: removed, but {dst} is not in the trash (run remove again)")
+            continue
+        pid = rec["id"]
+        for key in ("image", "labels"):
+            rel = rec.get(key)
+            if not rel:
+                continue
+            used.add(str(Path(rel)))
+            if key == "labels":
+                used.add(split_suffix(rel)[0] + ".json")
+            path = base / rel
+            if not path.exists():
+                problems.append(f"{pid}: {key} file {rel} is missing")
+                continue
+            want = rec.get(f"{key}_sha256")
+            if want is None:
+                warnings.append(f"{pid}: no SHA-256 recorded for its {key}")
+            elif sha256(path) != want:
+                problems.append(f"{pid}: {key} file {rel} has changed (SHA-256 differs from the manifest)")
+        try:
+            image = read_image(base / rec["image"])
+            if rec.get("geometry") and rec["geometry"] != geometry(image):
+                problems.append(f"{pid}: the image's geometry differs from the one recorded")
+            if rec.get("labels"):
+                lab = read_labels(base / rec["labels"], None, _id_map(rec.get("id_map")))
+                if not _same_grid(lab, image):
+                    warnings.append(f"{pid}: labels are not on the image's voxel grid (they are resampled when read)")
+                read_labels(base / rec["labels"], image, _id_map(rec.get("id_map")))
+        except ContrastSegError as err:
+            problems.append(f"{pid}: {err}")
+    for sub in ("images", "labels"):
+        for p in sorted((base / sub).glob("*")) if (base / sub).is_dir() else []:
+            if p.is_file() and not p.name.startswith(".") and f"{sub}/{p.name}" not in used:
+                warnings.append(f"{sub}/{p.name} belongs to no entry (left by an interrupted write; safe to delete)")
+    return problems, warnings
+
+
+def default_dataset() -> Path:
+    """The local dataset the Slicer module and the CLI use when none is given: $CONTRASTSEG_HOME/dataset."""
+    from .store import home
+
+    return home() / "dataset"
