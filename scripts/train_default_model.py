@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from contrastseg.progress import Progress
-from contrastseg.train.coarse import CoarseSettings, train_coarse
-from contrastseg.train.refined import RefinedSettings, finetune
+from contrastseg.train.coarse import train_coarse
+from contrastseg.train.refined import finetune
+from contrastseg.train.settings import CoarseSettings, RefinedSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator-examples"
 
@@ -46,7 +47,7 @@ def main() -> None:
     (args.work / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     device = torch.device(args.device)
     coarse = train_coarse(args.work / "data", args.work / "coarse",
-                          CoarseSettings(steps=args.coarse_steps, channels=(8, 16, 32, 64), crop=(48, 80, 80)),
+                          CoarseSettings(steps=args.coarse_steps),
                           device, Progress("bar", {"train": 1}))
     print("\ncoarse model:", coarse)
     refined = finetune(args.work / "data", args.work / "refined", coarse, RefinedSettings(steps=args.refined_steps),

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..infer import pick_device
 from ..progress import Progress
 
 
@@ -17,7 +14,12 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="bar: a terminal progress bar; json: one JSON object per line on stdout (for programs)")
 
 
-def runtime(args: argparse.Namespace, stages: dict[str, float]) -> tuple[torch.device, Progress]:
+def runtime(args: argparse.Namespace, stages: dict[str, float]):
+    """(torch device, Progress) for a command; torch is imported here, not when the CLI starts."""
+    import torch
+
+    from ..infer import pick_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
     return pick_device(args.device), Progress(args.progress, stages)

@@ -6,13 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from ..dataset import NAMED_ID_MAPS, _id_map
 from ..errors import ContrastSegError
-from ..io import read_labels, write_json
-from ..metrics import evaluate, load_truth
 from ..organs import BY_ID, parse_organs
+
+ID_MAPS = ["btcv", "totalsegmentator"]  # contrastseg.dataset.NAMED_ID_MAPS, named here to keep start-up light
 
 
 def register(sub) -> None:
@@ -21,7 +18,7 @@ def register(sub) -> None:
                                    "--truth-id-map) or 3D-IRCADb masks (MASKS_DICOM.zip or its folder).")
     p.add_argument("pred", type=Path, help="predicted label map (BTCV ids)")
     p.add_argument("truth", type=Path, help="truth label map, or IRCAD MASKS_DICOM.zip / folder")
-    p.add_argument("--truth-id-map", default=None, choices=sorted(NAMED_ID_MAPS), help="id map of the truth label map")
+    p.add_argument("--truth-id-map", default=None, choices=ID_MAPS, help="id map of the truth label map")
     p.add_argument("--organs", default=None, help="score only these organs (names or ids)")
     p.add_argument("-o", "--output", type=Path, default=None, help="write the metrics as JSON")
     p.add_argument("--bars", type=Path, default=None, help="write a PNG bar chart of per-organ Dice")
@@ -29,6 +26,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from ..dataset import _id_map
+    from ..io import read_labels, write_json
+    from ..metrics import evaluate, load_truth
+
     pred_img = read_labels(args.pred)
     truth = load_truth(args.truth, pred_img, _id_map(args.truth_id_map))
     try:

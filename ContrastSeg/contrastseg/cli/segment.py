@@ -9,9 +9,6 @@ import time
 from pathlib import Path
 
 from ..errors import ContrastSegError
-from ..infer import segment
-from ..io import IMAGE_SUFFIXES, read_image, split_suffix, write_labels
-from ..models.files import load_model
 from ..organs import parse_organs
 from ..paths import sample_ct
 from ..store import resolve
@@ -35,6 +32,8 @@ def register(sub) -> None:
 
 
 def _check_output(path: Path, what: str) -> None:
+    from ..io import IMAGE_SUFFIXES, split_suffix
+
     if split_suffix(path.name)[1].lower() not in IMAGE_SUFFIXES:
         raise ContrastSegError(f"{what} '{path}' has an unsupported extension; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
     if not path.parent.exists():
@@ -42,6 +41,10 @@ def _check_output(path: Path, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..infer import segment
+    from ..io import read_image, write_labels
+    from ..models.files import load_model
+
     t_all = time.perf_counter()
     _check_output(args.output, "output")
     if args.coarse_output:

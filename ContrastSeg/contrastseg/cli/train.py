@@ -12,10 +12,7 @@ from pathlib import Path
 from ..errors import ContrastSegError
 from ..organs import parse_organs
 from ..paths import default_model
-from ..plots import training_curves
-from ..train.coarse import CoarseSettings, train_coarse
-from ..train.loop import read_history
-from ..train.refined import RefinedSettings, finetune
+from ..train.settings import CoarseSettings, RefinedSettings
 from ._common import add_runtime_options, runtime
 
 
@@ -69,6 +66,9 @@ def _organs(spec):
 
 
 def _finish(run_dir: Path, model_dir: Path, progress) -> None:
+    from ..plots import training_curves
+    from ..train.loop import read_history
+
     training_curves(read_history(run_dir), run_dir / "curves.png", title=run_dir.name)
     progress.output("model", model_dir)
     progress.finish(model=str(model_dir))
@@ -77,6 +77,8 @@ def _finish(run_dir: Path, model_dir: Path, progress) -> None:
 
 
 def run_coarse(args: argparse.Namespace) -> int:
+    from ..train.coarse import train_coarse
+
     settings = CoarseSettings(spacing=args.spacing, channels=args.channels, crop=args.crop, batch=args.batch,
                               steps=args.steps, lr=args.lr, seed=args.seed, organs=_organs(args.organs))
     device, progress = runtime(args, {"train": 1.0})
@@ -86,6 +88,8 @@ def run_coarse(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from ..train.refined import finetune
+
     settings = RefinedSettings(depth=args.depth, widths=args.widths, stem=args.stem, aspp_width=args.aspp_width,
                                skip=not args.no_skip, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
                                freeze_encoder=args.freeze_encoder, organs=_organs(args.organs))

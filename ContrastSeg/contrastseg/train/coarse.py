@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +13,10 @@ from monai.losses import DiceCELoss
 from ..dataset import PreparedCase, entries, prepare_case
 from ..errors import ContrastSegError
 from ..models.files import build_coarse, save_stage, write_card
-from ..organs import BY_ID
 from ..progress import Progress
 from .loop import cosine, train
 from .provenance import dataset_provenance
-
-
-@dataclass
-class CoarseSettings:
-    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    crop: tuple[int, int, int] = (64, 96, 96)  # z, y, x voxels of the coarse grid
-    batch: int = 2
-    steps: int = 2000
-    lr: float = 2e-3
-    seed: int = 0
-    foreground_fraction: float = 0.7
-    organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
+from .settings import CoarseSettings
 
 
 def _crop3d(arr: np.ndarray, start: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,34 +18,11 @@ from safetensors.torch import load_file
 from ..dataset import entries, prepare_case
 from ..errors import ContrastSegError
 from ..models.files import build_refined, read_card, save_stage, write_card
-from ..organs import BY_ID
 from ..patches import OrganIndex, sample_patch
 from ..progress import Progress
 from .loop import cosine, train
 from .provenance import dataset_provenance
-
-
-@dataclass
-class RefinedSettings:
-    inplane_spacing: float = 1.5
-    patch: int = 128
-    depth: int = 18
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    stem: str = "stride2"
-    aspp_width: int = 128
-    skip: bool = True
-    batch: int = 16
-    steps: int = 1500
-    lr: float = 1e-3
-    seed: int = 0
-    freeze_encoder: bool = False
-    margin: int = 16
-    organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
-
-    def card(self) -> dict:
-        return {"architecture": "RefinedNet", "depth": self.depth, "widths": list(self.widths), "stem": self.stem,
-                "aspp_width": self.aspp_width, "skip": self.skip, "inplane_spacing": self.inplane_spacing,
-                "patch": self.patch, "margin": self.margin}
+from .settings import RefinedSettings
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

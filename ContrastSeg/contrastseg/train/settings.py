@@ -1,0 +1,44 @@
+"""Training settings of both stages, importable without torch (the CLI builds its options from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..organs import BY_ID
+
+
+@dataclass
+class CoarseSettings:
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    channels: tuple[int, ...] = (8, 16, 32, 64)  # light: about 1 s per training step on 2 CPU threads
+    crop: tuple[int, int, int] = (48, 80, 80)  # z, y, x voxels of the coarse grid
+    batch: int = 2
+    steps: int = 800
+    lr: float = 2e-3
+    seed: int = 0
+    foreground_fraction: float = 0.7
+    organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
+
+
+
+@dataclass
+class RefinedSettings:
+    inplane_spacing: float = 1.5
+    patch: int = 128
+    depth: int = 18
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    stem: str = "stride2"
+    aspp_width: int = 128
+    skip: bool = True
+    batch: int = 16
+    steps: int = 1000
+    lr: float = 1e-3
+    seed: int = 0
+    freeze_encoder: bool = False
+    margin: int = 16
+    organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
+
+    def card(self) -> dict:
+        return {"architecture": "RefinedNet", "depth": self.depth, "widths": list(self.widths), "stem": self.stem,
+                "aspp_width": self.aspp_width, "skip": self.skip, "inplane_spacing": self.inplane_spacing,
+                "patch": self.patch, "margin": self.margin}
