@@ -32,10 +32,18 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5
 
 
 def load_encoder(net: torch.nn.Module, path: Path) -> int:
-    """Copy a pretrained encoder's weights (safetensors, keys `encoder.*` or bare) into `net.encoder`."""
+    """Copy a pretrained encoder's weights (safetensors, keys `encoder.*` or bare) into `net.encoder`.
+
+    A whole refined network of the same architecture (a model's refined.safetensors) is loaded whole, so
+    fine-tuning a chosen model continues from its decoder too.
+    """
     if not path.exists():
         raise ContrastSegError(f"pretrained encoder not found: {path}")
     state = load_file(str(path))
+    whole = net.state_dict()
+    if set(state) == set(whole) and all(state[k].shape == v.shape for k, v in whole.items()):
+        net.load_state_dict(state)
+        return len(state)
     state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()}
     expected = net.encoder.state_dict()
     fit = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}

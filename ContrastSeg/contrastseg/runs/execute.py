@@ -1,0 +1,196 @@
+"""Executing a run's plan: each step in turn, one progress stream, resumable, cancellable.
+
+A CLI step runs as a child `contrastseg` process in the run folder; its JSON progress lines are re-emitted
+with the run's overall fraction and ETA, so the Slicer module follows one stream whatever the step. Its
+`output` events are remembered in state.json: a later step's argument `{pretrain.encoder}` is the path the
+pretrain step announced as its "encoder" output. SIGTERM (cancel) stops the child and records "cancelled";
+running the plan again resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ContrastSegError
+from ..io import write_json
+from ..progress import Progress
+from .plan import LOG, STATE, read_plan, read_state
+
+
+class Cancelled(Exception):
+    """The run got SIGTERM or SIGINT (cancel from Slicer or the CLI, Ctrl-C)."""
+
+
+def log(run_dir: Path, text: str) -> None:
+    with open(run_dir / LOG, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+class Runner:
+    """Runs one plan; `progress` is the run's own stream (JSON lines when launched by Slicer)."""
+
+    def __init__(self, run_dir: Path, progress: Progress, python: str | None = None):
+        self.run_dir = Path(run_dir).resolve()
+        self.plan = read_plan(self.run_dir)
+        self.state = read_state(self.run_dir)
+        self.progress = progress
+        self.python = python or sys.executable
+        self.child: subprocess.Popen | None = None
+        total = sum(s["weight"] for s in self.plan["steps"])
+        self.weights = {s["name"]: s["weight"] / total for s in self.plan["steps"]}
+        self.t0 = time.perf_counter()
+        self.f0 = None  # overall fraction when this process started (for the ETA after a resume)
+
+    def save(self, **changes) -> None:
+        self.state.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_json(self.state, self.run_dir / STATE)
+
+    def _done_before(self, name: str) -> float:
+        total = 0.0
+        for s in self.plan["steps"]:
+            if s["name"] == name:
+                return total
+            total += self.weights[s["name"]]
+        return total
+
+    def report(self, name: str, stage_fraction: float, message: str = "", force: bool = False, **extra) -> None:
+        overall = min(1.0, self._done_before(name) + self.weights[name] * max(0.0, min(1.0, stage_fraction)))
+        if self.f0 is None:
+            self.f0 = overall
+        elapsed = time.perf_counter() - self.t0
+        gained = overall - self.f0
+        eta = round(elapsed * (1 - overall) / gained, 1) if gained > 0.01 else None
+        if self.progress.mode == "json":
+            self.progress.emit({"event": "progress", "stage": name, "fraction": round(overall, 4),
+                                "stage_fraction": round(stage_fraction, 4), "elapsed": round(elapsed, 2), "eta": eta,
+                                "message": message, **extra})
+        else:  # the terminal bar, placed at this step's share of the whole run
+            self.progress.weights, self.progress.stage = self.weights, name
+            self.progress.done_before = self._done_before(name)
+            self.progress.update(stage_fraction, message, force=force)
+
+    def _argv(self, step: dict) -> list[str]:
+        out = []
+        for arg in step["argv"]:
+            if arg.startswith("{") and arg.endswith("}"):
+                src, kind = arg[1:-1].split(".", 1)
+                path = self.state.get("outputs", {}).get(src, {}).get(kind)
+                if path is None:
+                    raise ContrastSegError(f"step {step['name']} needs the '{kind}' output of step {src}, which it did not announce")
+                arg = path
+            out.append(arg)
+        return out
+
+    def run_cli(self, step: dict) -> None:
+        name = step["name"]
+        argv = [self.python, "-m", "contrastseg.cli", *self._argv(step)]
+        log(self.run_dir, f"step {name}: contrastseg {' '.join(argv[3:])}")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.child = subprocess.Popen(argv, cwd=self.run_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                      text=True, bufsize=1, env=env)
+        error = None
+        for line in self.child.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = event.pop("event", "progress")
+            if kind == "progress":
+                event.pop("stage", None)
+                frac = event.pop("fraction", 0.0)
+                for key in ("elapsed", "eta", "stage_fraction"):
+                    event.pop(key, None)
+                self.report(name, frac, event.pop("message", ""), **event)
+            elif kind == "output":
+                outputs = self.state.setdefault("outputs", {}).setdefault(name, {})
+                outputs[event["kind"]] = str((self.run_dir / event["path"]).resolve())
+                self.save()
+                self.progress.emit({"event": "output", "stage": name, "kind": event["kind"], "path": outputs[event["kind"]]})
+            elif kind == "error":
+                error = event.get("message")
+        code = self.child.wait()
+        self.child = None
+        if code != 0:
+            raise ContrastSegError(error or f"step {name} failed (exit code {code}); see {self.run_dir / 'progress.stderr.txt'}"
+                                   f" and {self.run_dir / 'steps' / name / 'log.txt'}")
+
+    def stop_child(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(10)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+
+    def execute(self) -> dict:
+        """Run the steps not yet finished; returns the final state. Raises ContrastSegError or Cancelled."""
+        from .validate import register_model, validate
+
+        completed = set(self.state.get("completed", []))
+        self.save(status="running", pid=os.getpid(), started=self.state.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  message=None)
+        log(self.run_dir, "resume" if completed else "start")
+        for step in self.plan["steps"]:
+            name = step["name"]
+            if name in completed:
+                continue
+            self.save(current=name)
+            self.report(name, 0.0, f"starting {name}", force=True)
+            if step["kind"] == "cli":
+                self.run_cli(step)
+            elif step["kind"] == "validate":
+                result = validate(self.run_dir, self.plan, lambda f, m: self.report(name, f, m))
+                self.save(validation={k: v for k, v in result.items() if k != "per_entry"})  # details: validation.json
+            elif step["kind"] == "register":
+                self.save(model=register_model(self.run_dir, self.plan, self.state))
+            else:
+                raise ContrastSegError(f"unknown step kind '{step['kind']}' in {self.run_dir}/plan.json")
+            completed.add(name)
+            self.save(completed=[s["name"] for s in self.plan["steps"] if s["name"] in completed])
+            self.report(name, 1.0, f"{name} finished", force=True)
+            log(self.run_dir, f"step {name} finished")
+        self.save(status="done", current=None)
+        log(self.run_dir, f"done: model {self.state.get('model')}")
+        return self.state
+
+
+def execute(run_dir: Path, progress: Progress) -> dict:
+    """Execute (or resume) the plan in `run_dir`, recording failure, cancel and success in state.json."""
+    runner = Runner(run_dir, progress)
+    if runner.state.get("status") == "done":
+        progress.finish(model=runner.state.get("model"), validation=runner.state.get("validation"), already=True)
+        return runner.state
+
+    def on_signal(signum, _frame):
+        raise Cancelled(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        state = runner.execute()
+    except Cancelled:
+        runner.stop_child()
+        runner.save(status="cancelled", message="cancelled; start the run again to resume")
+        log(runner.run_dir, "cancelled")
+        progress.emit({"event": "cancelled", "message": "cancelled; start the run again to resume"})
+        raise
+    except ContrastSegError as err:
+        runner.stop_child()
+        runner.save(status="failed", message=str(err))
+        log(runner.run_dir, f"failed: {err}")
+        raise
+    except BaseException as err:
+        runner.stop_child()
+        runner.save(status="failed", message=f"internal error: {err!r}")
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    progress.finish(model=state.get("model"), validation=state.get("validation"))
+    return state

@@ -1,0 +1,119 @@
+"""The last two steps of a run: before/after metrics on the held-out entries, then the model card and the store.
+
+Validation segments each held-out CT with the new model and with the model the run started from, with the
+same pipeline as `contrastseg segment`, and scores both against the user's corrected labels. The numbers
+go into the model card, so `contrastseg models show` and the Slicer module can say whether the run helped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import store
+from ..errors import ContrastSegError
+from ..io import write_json
+
+
+def _model_dir(run_dir: Path, state: dict) -> Path:
+    announced = state.get("outputs", {}).get("finetune", {}).get("model")
+    return Path(announced) if announced else run_dir / "steps" / "finetune" / "model"
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def validate(run_dir: Path, plan: dict, report: Callable[[float, str], None]) -> dict:
+    """Score the new and the base model on the plan's validation entries; writes validation.json (+ .png)."""
+    import SimpleITK as sitk
+    import torch
+
+    from ..dataset import entries
+    from ..infer import pick_device, segment
+    from ..io import read_image, read_labels
+    from ..metrics import evaluate
+    from ..models.files import load_model
+    from ..organs import BY_KEY
+    from .plan import read_state
+
+    val = entries(run_dir / "data" / "validation.json", labelled_only=True)
+    result = {"entries": [e.id for e in val], "model": None, "base": None, "delta_mean_dice": None, "per_entry": {}}
+    if not val:
+        result["note"] = "no labelled case was held out for validation"
+        write_json(result, run_dir / "validation.json")
+        return result
+    request = plan.get("request", {})
+    if request.get("threads"):
+        torch.set_num_threads(int(request["threads"]))
+    device = pick_device(request.get("device", "auto"))
+    models = {"model": load_model(_model_dir(run_dir, read_state(run_dir))), "base": load_model(plan["base"]["path"])}
+    done, total = 0, len(val) * len(models)
+    for e in val:
+        image = read_image(e.image)
+        truth = sitk.GetArrayFromImage(read_labels(e.labels, image, e.id_map))
+        spacing_zyx = tuple(reversed(image.GetSpacing()))
+        per = {}
+        for key, model in models.items():
+            report(done / total, f"segmenting {e.id} with the {'new' if key == 'model' else 'base'} model")
+            organs = sorted({int(v) for v in np.unique(truth) if v} & set(model.organs))
+            if not organs:
+                raise ContrastSegError(f"validation case {e.id} has none of the organs model {key} segments")
+            pred = sitk.GetArrayFromImage(segment(image, model, organs, device=device).labels)
+            per[key] = evaluate(pred, {o: truth == o for o in organs}, spacing_zyx, organs)
+            done += 1
+        result["per_entry"][e.id] = per
+    for key in models:
+        organ_dice: dict[str, list[float]] = {}
+        for per in result["per_entry"].values():
+            for organ, m in per[key]["organs"].items():
+                organ_dice.setdefault(organ, []).append(m["dice"])
+        result[key] = {"mean_dice": _mean([p[key]["mean_dice"] for p in result["per_entry"].values() if p[key]["mean_dice"] is not None]),
+                       "organs": {k: _mean(v) for k, v in organ_dice.items()}}
+    if result["model"]["mean_dice"] is not None and result["base"]["mean_dice"] is not None:
+        result["delta_mean_dice"] = round(result["model"]["mean_dice"] - result["base"]["mean_dice"], 4)
+    write_json(result, run_dir / "validation.json")
+    try:
+        from ..plots import dice_bars
+
+        dice_bars({BY_KEY[k].name: v for k, v in result["model"]["organs"].items()},
+                  run_dir / "validation.png", title=f"{plan['name']}: Dice on {len(val)} held-out case(s) "
+                  f"(base {result['base']['mean_dice']}, new {result['model']['mean_dice']})")
+    except Exception as err:  # a picture must never fail a run
+        result["plot_error"] = repr(err)
+    return result
+
+
+def register_model(run_dir: Path, plan: dict, state: dict) -> str:
+    """Complete the new model's card (data snapshot, strategy, settings, before/after metrics) and register it.
+
+    Idempotent: if a crash came after registering, the store's copy (which names this run) is kept.
+    """
+    from ..models.files import read_card, write_card
+
+    name = plan["name"]
+    existing = next((m for m in store.list_models() if m["name"] == name), None)
+    if existing is not None:
+        if existing["card"].get("run", {}).get("path") == str(run_dir):
+            return name
+        raise ContrastSegError(f"the store already has a model named '{name}' from another run")
+    model_dir = _model_dir(run_dir, state)
+    card = read_card(model_dir)
+    request = plan.get("request", {})
+    val = state.get("validation") or {}
+    card.update({
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": plan["base"],
+        "strategy": request.get("strategy") if "pretrain" in request.get("stages", []) else None,
+        "stages": request.get("stages"),
+        "run": {"path": str(run_dir), "settings": request, "steps": [s.get("argv", s["kind"]) for s in plan["steps"]]},
+        "data_snapshot": plan["data"],
+        "validation": {k: val.get(k) for k in ("entries", "model", "base", "delta_mean_dice", "note") if k in val},
+    })
+    write_card(model_dir, card)
+    store.register(model_dir, name)
+    return name

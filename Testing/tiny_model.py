@@ -1,0 +1,27 @@
+"""A tiny model with random weights, for tests of the training machinery (not of segmentation quality).
+
+Fine-tuning needs a base model (its coarse network is kept); the bundled default model may not exist yet
+when these tests run, and a tiny one keeps a few CPU training steps to a fraction of a second each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_REFINED = {"depth": 10, "widths": [8, 16, 32, 64], "stem": "stride2", "aspp_width": 16, "skip": True}
+
+
+def build_tiny_model(folder: Path, name: str = "random", seed: int = 0) -> Path:
+    import torch
+
+    from contrastseg.models.files import build_coarse, build_refined, save_stage, write_card
+    from contrastseg.train.settings import RefinedSettings
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    coarse = {"architecture": "CoarseUNet", "channels": [8, 16, 32, 64], "spacing": [3, 3, 3]}
+    refined = dict(RefinedSettings().card(), **TINY_REFINED)
+    coarse["weights"] = save_stage(folder, "coarse", build_coarse(coarse))
+    refined["weights"] = save_stage(folder, "refined", build_refined(refined))
+    write_card(folder, {"name": name, "organs": list(range(1, 14)), "coarse": coarse, "refined": refined})
+    return folder
