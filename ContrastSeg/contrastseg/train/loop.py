@@ -49,6 +49,7 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     log_line(run_dir, f"{'resume' if start else 'start'} at step {start} of {steps}")
     t0 = time.perf_counter()
     losses = []
+    saved = start  # the step of the checkpoint on disk: what a resume after a failure starts from
     model.train()
     for step in range(start, steps):
         if scheduler_fn is not None:
@@ -59,7 +60,7 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
         loss = step_fn(rng)
         value = float(loss.detach())
         if not math.isfinite(value):
-            msg = f"training stopped: the loss became {value} at step {step + 1}; the last good checkpoint (step {start if not losses else step}) is kept in {run_dir}"
+            msg = f"training stopped: the loss became {value} at step {step + 1}; the last good checkpoint (step {saved}) is kept in {run_dir}"
             log_line(run_dir, msg)
             raise ContrastSegError(msg)
         optimizer.zero_grad(set_to_none=True)
@@ -75,7 +76,12 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
         prog.update((done) / steps, f"step {done}/{steps} loss {value:.4f}", force=done == steps,
                     step=done, loss=round(value, 6), lr=record["lr"], items_per_s=record["items_per_s"])
         if done % checkpoint_every == 0 or done == steps:
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never save broken weights
+                msg = f"training stopped: the weights became non-finite at step {done}; the last good checkpoint (step {saved}) is kept in {run_dir}"
+                log_line(run_dir, msg)
+                raise ContrastSegError(msg)
             save_checkpoint(run_dir, model, optimizer, done)
+            saved = done
             log_line(run_dir, f"step {done} loss {value:.4f} ({rate:.1f} items/s) checkpoint saved")
     model.eval()
     return {"steps": steps, "resumed_from": start, "final_loss": float(np.mean(losses[-20:])) if losses else None,
