@@ -14,8 +14,7 @@ from pathlib import Path
 
 from ..errors import ContrastSegError
 from ..organs import parse_organs
-from ..pretrain.settings import PretrainSettings
-from ..pretrain.strategies import names
+from ..pretrain.settings import STRATEGY_NAMES, PretrainSettings
 from ._common import add_runtime_options
 
 D = PretrainSettings()
@@ -37,7 +36,7 @@ def register(sub) -> None:
                                    "'phase', or estimated from the aorta). voxel-simsiam needs label maps.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", type=Path, help="dataset folder (manifest.json); unlabelled entries are fine")
-    p.add_argument("--strategy", required=True, choices=names())
+    p.add_argument("--strategy", required=True, choices=STRATEGY_NAMES)
     p.add_argument("--run", type=Path, required=True, help="run folder; reused to resume")
     p.add_argument("--attention", type=Path, default=None, help="coarse model whose output is every CT's organ attention")
     g = p.add_argument_group("training")

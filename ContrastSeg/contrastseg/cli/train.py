@@ -33,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--spacing", type=lambda s: tuple(float(v) for v in s.split(",")), default=CoarseSettings.spacing)
     p.add_argument("--organs", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="pretrained coarse U-Net (safetensors, e.g. from `pretrain --strategy voxel-simsiam`)")
     add_runtime_options(p)
     p.set_defaults(func=run_coarse)
 
@@ -77,12 +78,13 @@ def _finish(run_dir: Path, model_dir: Path, progress) -> None:
 
 
 def run_coarse(args: argparse.Namespace) -> int:
-    from ..train.coarse import train_coarse
+    from ..train.coarse import load_coarse_init, train_coarse
 
     settings = CoarseSettings(spacing=args.spacing, channels=args.channels, crop=args.crop, batch=args.batch,
                               steps=args.steps, lr=args.lr, seed=args.seed, organs=_organs(args.organs))
     device, progress = runtime(args, {"train": 1.0})
-    model_dir = train_coarse(args.dataset, args.run, settings, device, progress)
+    init = load_coarse_init(args.init, settings) if args.init else None
+    model_dir = train_coarse(args.dataset, args.run, settings, device, progress, init)
     _finish(args.run, model_dir, progress)
     return 0
 

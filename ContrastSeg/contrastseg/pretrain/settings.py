@@ -1,12 +1,16 @@
-"""Pretraining settings: one dataclass for every strategy, written to the run's config.json."""
+"""Pretraining settings: one dataclass for every strategy, written to the run's config.json.
+
+Importable without torch (the CLI builds its options from it and must start fast).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..organs import BY_ID
-from ..train.coarse import CoarseSettings
-from ..train.refined import RefinedSettings
+from ..train.settings import CoarseSettings, RefinedSettings
+
+STRATEGY_NAMES = ("simclr", "supcon-mt", "dcc", "ce", "voxel-simsiam", "polycl-o", "polycl-s", "separeg")
 
 DEFAULT_TEMPERATURE = {"simclr": 0.1, "supcon-mt": 0.1, "dcc": 0.07}
 

@@ -30,7 +30,7 @@ from .context import Context, epochs_to_steps
 from .data import Needs, PretrainEntry
 from .heads import ClassifierNet, ContrastiveNet
 from .samplers import PatchSampler, mean_in_mask, prepare_cases
-from .settings import PretrainSettings
+from .settings import STRATEGY_NAMES, PretrainSettings
 
 
 @dataclass
@@ -140,8 +140,5 @@ def get(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
-NAMES = ("simclr", "supcon-mt", "dcc", "ce", "voxel-simsiam", "polycl-o", "polycl-s", "separeg")
-
-
 def names() -> tuple[str, ...]:
-    return NAMES
+    return STRATEGY_NAMES

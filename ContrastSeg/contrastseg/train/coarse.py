@@ -41,6 +41,23 @@ def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction:
     return img.astype(np.float32), lab
 
 
+def load_coarse_init(path: Path, settings: CoarseSettings) -> torch.nn.Module:
+    """A CoarseUNet with `settings.channels` started from a pretrained state dict (e.g. `pretrain --strategy
+    voxel-simsiam`'s coarse.safetensors); refused with a sentence if the file is for another network."""
+    from safetensors.torch import load_file
+
+    if not Path(path).exists():
+        raise ContrastSegError(f"pretrained coarse network not found: {path}")
+    net = build_coarse({"channels": settings.channels})
+    state = load_file(str(path))
+    expected = net.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise ContrastSegError(f"{path} does not fit a coarse U-Net with channels {tuple(settings.channels)}; "
+                               "pretrain with the same --channels")
+    net.load_state_dict(state)
+    return net
+
+
 def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device: torch.device,
                  progress: Progress | None = None, init: torch.nn.Module | None = None) -> Path:
     """Train the coarse network on a dataset's labelled entries; writes `run_dir/model` (card + weights)."""
