@@ -10,6 +10,7 @@ so it outlives the Slicer session that started it; `attach()` re-reads that file
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import signal
@@ -74,9 +75,11 @@ class EngineProcess:
                 self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                              env=env, start_new_session=True)
         else:
+            # binary pipes read with os.read: a non-blocking *text* stream raises TypeError when it is empty
             self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
+                                         stdin=subprocess.DEVNULL, env=env, bufsize=0,
                                          start_new_session=True)
+            self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("out", "err")}
             os.set_blocking(self.proc.stdout.fileno(), False)
             os.set_blocking(self.proc.stderr.fileno(), False)
         self.pid = self.proc.pid
@@ -101,13 +104,23 @@ class EngineProcess:
                 text = f.read()
                 self._offset = f.tell()
             return text
-        try:
-            err = self.proc.stderr.read()
-            if err:
-                self._stderr_text += err
-            return self.proc.stdout.read() or ""
-        except (ValueError, OSError):
-            return ""
+        self._stderr_text += self._read_pipe(self.proc.stderr, "err")
+        return self._read_pipe(self.proc.stdout, "out")
+
+    def _read_pipe(self, pipe, name: str) -> str:
+        """Everything a non-blocking pipe holds now, decoded (a split UTF-8 character waits for its rest)."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(pipe.fileno(), 65536)
+            except BlockingIOError:
+                break
+            except (OSError, ValueError):  # closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return self._decoders[name].decode(b"".join(chunks))
 
     def running(self) -> bool:
         if self.proc is not None:
