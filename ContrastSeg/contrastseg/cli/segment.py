@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         organs = parse_organs(args.organs)
     except ValueError as err:
         raise ContrastSegError(str(err)) from None
-    device, progress = runtime(args, {"read": 0.05, "preprocess": 0.1, "coarse": 0.25, "refine": 0.5, "write": 0.1})
+    stages = {"read": 0.05, "preprocess": 0.1, "coarse": 0.25, "refine": 0.5, "write": 0.1}
+    if args.coarse_only:  # no refine stage: let the overall fraction (and the ETA) reach 1 without it
+        del stages["refine"]
+    device, progress = runtime(args, stages)
     progress.begin("read", "reading the CT")
     t = time.perf_counter()
     source = args.input or sample_ct()
