@@ -11,7 +11,9 @@ from pathlib import Path
 TINY_REFINED = {"depth": 10, "widths": [8, 16, 32, 64], "stem": "stride2", "aspp_width": 16, "skip": True}
 
 
-def build_tiny_model(folder: Path, name: str = "random", seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, name: str = "random", seed: int = 0, background: bool = True) -> Path:
+    """Write a random model; `background` biases the coarse head so it finds no organ (segmenting then skips
+    the refined stage, which keeps validation of a tiny run to seconds on a CPU)."""
     import torch
 
     from contrastseg.models.files import build_coarse, build_refined, save_stage, write_card
@@ -21,7 +23,11 @@ def build_tiny_model(folder: Path, name: str = "random", seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     coarse = {"architecture": "CoarseUNet", "channels": [8, 16, 32, 64], "spacing": [3, 3, 3]}
     refined = dict(RefinedSettings().card(), **TINY_REFINED)
-    coarse["weights"] = save_stage(folder, "coarse", build_coarse(coarse))
+    coarse_net = build_coarse(coarse)
+    if background:
+        with torch.no_grad():
+            coarse_net.head.bias[0] = 20.0
+    coarse["weights"] = save_stage(folder, "coarse", coarse_net)
     refined["weights"] = save_stage(folder, "refined", build_refined(refined))
     write_card(folder, {"name": name, "organs": list(range(1, 14)), "coarse": coarse, "refined": refined})
     return folder

@@ -138,13 +138,13 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
               case: str | None = None, entry_id: str | None = None, phase: str | None = None, source: str | None = None,
               id_map: str | dict | None = None, initial: str | os.PathLike | None = None, initial_id_map=None,
               model: str | None = None, volume_name: str | None = None, dicom: dict | None = None,
-              note: str | None = None) -> dict:
+              note: str | None = None, extra: dict | None = None) -> dict:
     """Add one CT (and its corrected BTCV label map, if any) as a new, immutable entry; returns its record.
 
     `labels` may use another id scheme (`id_map`, e.g. "totalsegmentator"); it is stored with BTCV ids on the
     image's grid. `initial` is the segmentation before correction (the model's output, by `model`): the record
     then says which organs were edited and how many voxels changed. `dicom` holds the UIDs when the image
-    came from DICOM (read from the files for a DICOM folder).
+    came from DICOM (read from the files for a DICOM folder). `extra` adds fields to the provenance.
     """
     folder, image = Path(dataset), Path(image)
     ct = read_image(image)  # refuses non-3D and unreadable inputs before anything is written
@@ -184,10 +184,20 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
                 prov.update(changes(before, arr))
         if note:
             prov["note"] = note
+        prov.update(extra or {})
         record["provenance"] = prov
         data["entries"].append(record)
         _save(folder, data)
     return record
+
+
+def summary_row(rec: dict) -> dict:
+    """The columns shown for an entry by `contrastseg dataset list` and the Slicer module's dataset table."""
+    edited = rec.get("provenance", {}).get("edited")
+    return {"id": rec["id"], "case": rec.get("case", rec["id"]), "version": rec.get("version", 1),
+            "labelled": bool(rec.get("labels")), "organs": [BY_ID[o].key for o in rec.get("organs", [])],
+            "phase": rec.get("phase") or "", "created": (rec.get("created") or "")[:16].replace("T", " "),
+            "edited": sorted(edited) if edited else [], "removed": bool(rec.get("removed"))}
 
 
 def live_records(dataset: str | os.PathLike) -> list[dict]:

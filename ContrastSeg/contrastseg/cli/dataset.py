@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..dataset import NAMED_ID_MAPS, read_manifest
-from ..dataset_edit import add_entry, check, default_dataset, remove_entry
+from ..dataset_edit import add_entry, check, default_dataset, remove_entry, summary_row
 from ..organs import BY_ID
 
 
@@ -68,15 +68,6 @@ def run_add(args: argparse.Namespace) -> int:
     organs = ", ".join(BY_ID[o].name for o in rec.get("organs", [])) or "none (unlabelled)"
     print(f"added {rec['id']} to {_folder(args)}: organs {organs}")
     return 0
-
-
-def summary_row(rec: dict) -> dict:
-    """The columns shown for an entry by `dataset list` and the Slicer module's table."""
-    edited = rec.get("provenance", {}).get("edited")
-    return {"id": rec["id"], "case": rec.get("case", rec["id"]), "version": rec.get("version", 1),
-            "labelled": bool(rec.get("labels")), "organs": [BY_ID[o].key for o in rec.get("organs", [])],
-            "phase": rec.get("phase") or "", "created": (rec.get("created") or "")[:16].replace("T", " "),
-            "edited": sorted(edited) if edited else [], "removed": bool(rec.get("removed"))}
 
 
 def run_list(args: argparse.Namespace) -> int:
