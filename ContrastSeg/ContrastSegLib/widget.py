@@ -2,7 +2,7 @@
 progress, errors and results, and hands the result to the embedded Segment Editor.
 
 Qt lives here and only here (the Logic runs without it). Widget names are those of
-Resources/UI/ContrastSeg.ui; Testing/test_slicer_segment.py checks that every `self.ui.NAME` used here
+Resources/UI/ContrastSeg.ui; Testing/test_slicer_segment.py checks that every widget of `self.ui` used here
 exists there with the expected class.
 """
 

@@ -1,0 +1,423 @@
+"""The ContrastSeg Slicer module without the Slicer application: its Logic against real MRML (slicer-core),
+the real engine through the same process runner the module uses, and the panel's .ui against the code.
+
+MRML tests ask for the `slicer_app` fixture (Testing/slicer_app.py) and are skipped, with the reason, where
+slicer-core is absent; the .ui, parameter and install checks need no Slicer at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import tomllib
+import typing
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from realdata import TS, needs_data, needs_default_model
+from slicer_app import slicer_app  # noqa: F401 - the fixture
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "ContrastSeg"
+sys.path.insert(0, str(MODULE_DIR))  # as Slicer does for a module folder: ContrastSeg.py and ContrastSegLib
+
+from ContrastSegLib import install  # noqa: E402
+from ContrastSegLib.parameter import COARSE_ONLY, REFINED, SegmentSettings, segment_arguments  # noqa: E402
+
+from contrastseg.organs import BY_ID, ORGANS  # noqa: E402
+
+CT_SM = TS / "example_ct_sm.nii.gz"
+THREADS = 2
+
+# Every widget the module's Python code names through `self.ui`, with the class the code relies on.
+UI_CLASSES = {
+    "inputsCollapsibleButton": "ctkCollapsibleButton", "inputVolumeSelector": "qMRMLNodeComboBox",
+    "loadSampleButton": "QPushButton", "modelComboBox": "QComboBox", "refreshModelsButton": "QPushButton",
+    "organsComboBox": "ctkCheckableComboBox", "qualityComboBox": "QComboBox", "deviceComboBox": "QComboBox",
+    "keepCoarseCheckBox": "QCheckBox", "show3DCheckBox": "QCheckBox", "applyButton": "QPushButton",
+    "cancelButton": "QPushButton", "progressBar": "QProgressBar", "statusLabel": "QLabel", "errorLabel": "QLabel",
+    "correctCollapsibleButton": "ctkCollapsibleButton", "openEditorButton": "QPushButton",
+    "segmentEditorWidget": "qMRMLSegmentEditorWidget", "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "threadsSpinBox": "QSpinBox", "requirementsLabel": "QLabel", "installButton": "QPushButton",
+}
+# parameterNodeWrapper's connectors compare the widget type exactly (guiConnectors.py).
+CONNECTOR_WIDGET = {bool: "QCheckBox", int: "QSpinBox", str: "QComboBox"}
+
+
+def module_code() -> str:
+    return "\n".join(p.read_text() for p in [MODULE_DIR / "ContrastSeg.py", *sorted((MODULE_DIR / "ContrastSegLib").glob("*.py"))])
+
+
+def ui_widgets() -> dict[str, str]:
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ContrastSeg.ui")
+    return {w.get("name"): w.get("class") for w in tree.iter("widget")}
+
+
+# ---------------------------------------------------------------------------------------------- no Slicer needed
+def test_every_widget_the_code_uses_is_in_the_ui_with_its_class():
+    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", module_code()))
+    assert used, "no self.ui.NAME found: the regex or the code changed"
+    assert used <= set(UI_CLASSES), f"add these to UI_CLASSES with their class: {sorted(used - set(UI_CLASSES))}"
+    widgets = ui_widgets()
+    for name in sorted(used):
+        assert name in widgets, f"self.ui.{name} is not in ContrastSeg.ui"
+        assert widgets[name] == UI_CLASSES[name], f"{name} is a {widgets[name]} in the .ui, the code needs {UI_CLASSES[name]}"
+
+
+def test_ui_file_declares_its_custom_widgets_and_connections():
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ContrastSeg.ui")
+    declared = {c.findtext("class") for c in tree.iter("customwidget")}
+    used = {c for c in ui_widgets().values() if not c.startswith("Q")}
+    assert used <= declared, f"custom widgets without a <customwidget> entry: {used - declared}"
+    names = set(ui_widgets())
+    for conn in tree.iter("connection"):
+        assert conn.findtext("sender") in names and conn.findtext("receiver") in names
+    assert tree.getroot().find("widget").get("class") == "qMRMLWidget"  # so mrmlSceneChanged reaches the selectors
+
+
+def test_parameter_bindings_fit_parameterNodeWrapper_connectors():
+    """Each settings field bound in widget.py goes to the widget type its connector accepts."""
+    code = (MODULE_DIR / "ContrastSegLib" / "widget.py").read_text()
+    bindings = dict(re.findall(r'"settings\.(\w+)": self\.ui\.(\w+)', code))
+    assert bindings, "no settings bindings found in widget.py"
+    hints = typing.get_type_hints(SegmentSettings, include_extras=True)
+    widgets = ui_widgets()
+    for field, widget in bindings.items():
+        base = typing.get_origin(hints[field]) and typing.get_args(hints[field])[0] or hints[field]
+        assert widgets[widget] == CONNECTOR_WIDGET[base], f"settings.{field} ({base.__name__}) bound to a {widgets[widget]}"
+        if base is str:  # a combo box needs the Choice annotation, and the default must be one of the choices
+            choices = [a for a in typing.get_args(hints[field])[1:] if hasattr(a, "choices")]
+            assert choices and getattr(SegmentSettings(), field) in choices[0].choices
+    assert re.search(r'"inputVolume": self\.ui\.inputVolumeSelector', code)
+    assert widgets["inputVolumeSelector"] == "qMRMLNodeComboBox"
+
+
+def test_segment_arguments():
+    out, coarse, ct = Path("/w/seg.nii.gz"), Path("/w/coarse.nii.gz"), Path("/w/input.nrrd")
+    args = segment_arguments(SegmentSettings(), ct, out, coarse)
+    assert args[:4] == ["segment", str(ct), "-o", str(out)]
+    assert args[args.index("--coarse-output") + 1] == str(coarse)
+    assert args[args.index("--progress") + 1] == "json" and args[args.index("--device") + 1] == "auto"
+    assert "--model" not in args and "--organs" not in args and "--coarse-only" not in args and "--threads" not in args
+    args = segment_arguments(SegmentSettings(model="mine", device="GPU", quality=COARSE_ONLY, organs="liver,spleen", threads=2),
+                             ct, out, coarse)
+    assert "--coarse-only" in args and "--coarse-output" not in args
+    assert args[args.index("--device") + 1] == "cuda" and args[args.index("--model") + 1] == "mine"
+    assert args[args.index("--organs") + 1] == "liver,spleen" and args[args.index("--threads") + 1] == "2"
+
+
+def test_install_requirements_follow_pyproject():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(d.replace(" ", "") for d in deps) == sorted([install.TORCH, *install.REQUIREMENTS])
+
+
+def test_install_plan_never_touches_what_slicer_ships():
+    slicer_like = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "torch": None, "monai": None, "scipy": "1.13.0",
+                   "scikit-image": "0.20.0", "safetensors": "0.4.5", "matplotlib": None}
+    missing = install.missing_requirements(slicer_like.get)
+    assert missing == ["torch>=2.2", "monai>=1.3", "scikit-image>=0.21", "matplotlib>=3.7"]
+    assert install.shipped_problems(missing) == []
+    commands = install.pip_commands(missing, "/tmp/c.txt")
+    assert [c[0] for c in commands] == ["monai>=1.3", "scikit-image>=0.21", "matplotlib>=3.7"]  # torch: PyTorchUtils
+    assert all(c[1:] == ["--constraint", "/tmp/c.txt"] for c in commands)
+    pins = install.constraints({**slicer_like, "torch": "2.4.1+cu121"}.get)
+    assert pins == ["numpy==1.26.4", "SimpleITK==2.4.0", "torch==2.4.1+cu121"]
+    assert "PyTorch extension" in install.consent_text(missing) and "monai>=1.3" in install.consent_text(missing)
+    old = install.missing_requirements({**slicer_like, "numpy": "1.21.0"}.get)
+    assert install.shipped_problems(old) == ["numpy>=1.24"]
+    assert install.missing_requirements(lambda name: "99.0") == []
+
+
+def test_install_refuses_to_replace_shipped_packages_and_asks_first():
+    asked = []
+    logic = install.InstallLogic({"numpy": "1.0"}.get)
+    with pytest.raises(RuntimeError, match="must not be replaced"):
+        logic.install(confirm=lambda text: asked.append(text) or True)
+    assert not asked
+    declined = install.InstallLogic({"numpy": "2.0", "SimpleITK": "2.5"}.get)
+    assert declined.install(confirm=lambda text: asked.append(text) or False) is False and asked
+
+
+# ---------------------------------------------------------------------------------------------- MRML, scripted engine
+class ScriptedProcess:
+    """Stands in for EngineProcess: replays one scripted event per poll; copies prepared label files to the
+    run's output paths when their `output` event is due, as the engine writes them before announcing them."""
+
+    def __init__(self, command, on_event, env, script, files, returncode=0):
+        from ContrastSegLib.process import EngineEvent
+
+        self.make_event = EngineEvent
+        self.command, self.on_event, self.env = command, on_event, env
+        self.paths = {"output": command[command.index("-o") + 1]}
+        if "--coarse-output" in command:
+            self.paths["coarse"] = command[command.index("--coarse-output") + 1]
+        self.script, self.files, self.code = script, files, returncode
+        self.i, self.cancelled, self.events = 0, False, []
+
+    def start(self):
+        return self
+
+    def running(self) -> bool:
+        return not self.cancelled and self.i < len(self.script)
+
+    @property
+    def returncode(self):
+        return None if self.running() else (-15 if self.cancelled else self.code)
+
+    def poll(self):
+        if not self.running():
+            return []
+        record = dict(self.script[self.i])
+        self.i += 1
+        if record["event"] == "output":
+            target = self.paths[record.pop("file")]
+            shutil.copy(self.files[record["kind"]], target)
+            record["path"] = target
+        event = self.make_event(record["event"], record)
+        self.events.append(event)
+        self.on_event(event)
+        return [event]
+
+    def cancel(self):
+        self.cancelled = True
+
+    def error_message(self):
+        return next((e.data["message"] for e in reversed(self.events) if e.event == "error"), None)
+
+
+def progress(stage, fraction):
+    return {"event": "progress", "stage": stage, "fraction": fraction, "eta": 3.0, "message": ""}
+
+
+REFINED_SCRIPT = [progress("read", 0.0), progress("coarse", 0.15), {"event": "output", "kind": "coarse", "file": "coarse"},
+                  progress("refine", 0.4), progress("refine", 0.8),
+                  {"event": "output", "kind": "refined", "file": "output"}, {"event": "done", "timings": {"total": 1.0}}]
+
+
+@pytest.fixture
+def label_files(tmp_path):
+    """A coarse and a refined label map on the grid of the small CT, as the engine writes them."""
+    if not CT_SM.exists():
+        pytest.skip(f"real CT data not found at {CT_SM}")
+    ct = sitk.ReadImage(str(CT_SM))
+    files = {}
+    for kind, (liver, spleen) in {"coarse": (6, 1), "refined": (6, 1)}.items():
+        arr = np.zeros(ct.GetSize()[::-1], np.uint8)
+        grow = 0 if kind == "coarse" else 2
+        arr[5:20, 20 - grow:60, 10:50 + grow] = liver
+        arr[10:25, 40:70, 70:100] = spleen
+        image = sitk.GetImageFromArray(arr)
+        image.CopyInformation(ct)
+        files[kind] = tmp_path / f"{kind}-prepared.nii.gz"
+        sitk.WriteImage(image, str(files[kind]))
+    return files
+
+
+def scripted_logic(script, files, returncode=0):
+    from ContrastSegLib.segmentation import SegmentationLogic
+
+    return SegmentationLogic(runner=lambda **kw: ScriptedProcess(**kw, script=script, files=files, returncode=returncode))
+
+
+def names(app, cls="vtkMRMLSegmentationNode"):
+    return sorted(n.GetName() for n in app.nodes(cls))
+
+
+def test_coarse_shows_first_then_refined_replaces_it_in_place(slicer_app, label_files):
+    from ContrastSegLib import nodes
+
+    volume = slicer_app.load_volume(CT_SM, "ct")
+    seen = []
+    logic = scripted_logic(REFINED_SCRIPT, label_files)
+    run = logic.start(volume, SegmentSettings(organs="liver,spleen,pancreas", show3D=False),
+                      on_update=lambda r: seen.append((r.stage, r.coarse_node is not None, r.result_node is not None)))
+    logic.wait(run, interval=0)
+    assert run.state == "done" and run.error is None
+    assert ("coarse", True, False) in seen  # the coarse result was in the scene before the refined one
+    assert run.result_node is run.coarse_node and names(slicer_app) == ["ct segmentation"]
+    assert run.result_node.GetAttribute("ContrastSeg.Stage") == "refined"
+    assert [s for s in run.result_node.GetSegmentation().GetSegmentIDs()] == ["spleen", "liver", "pancreas"]
+    refined = sitk.GetArrayFromImage(sitk.ReadImage(str(label_files["refined"])))
+    assert np.array_equal(nodes.labelmap_array(run.result_node, volume), refined)
+    assert not run.work_dir.exists()
+
+
+def test_keep_coarse_puts_refined_beside_it(slicer_app, label_files):
+    from ContrastSegLib import nodes
+
+    volume = slicer_app.load_volume(CT_SM, "ct")
+    logic = scripted_logic(REFINED_SCRIPT, label_files)
+    run = logic.wait(logic.start(volume, SegmentSettings(keepCoarse=True, show3D=False)), interval=0)
+    assert run.state == "done" and run.result_node is not run.coarse_node
+    assert names(slicer_app) == ["ct segmentation", "ct segmentation (coarse)"]
+    coarse = sitk.GetArrayFromImage(sitk.ReadImage(str(label_files["coarse"])))
+    assert np.array_equal(nodes.labelmap_array(run.coarse_node, volume), coarse)
+    assert run.coarse_node.GetAttribute("ContrastSeg.Stage") == "coarse"
+
+
+def test_cancel_after_the_coarse_map_keeps_it_complete_and_nothing_else(slicer_app, label_files):
+    volume = slicer_app.load_volume(CT_SM, "ct")
+    before = len(slicer_app.nodes())
+    logic = scripted_logic(REFINED_SCRIPT, label_files)
+    run = logic.start(volume, SegmentSettings(show3D=False))
+    while logic.poll(run) and run.coarse_node is None:
+        pass
+    logic.cancel(run)
+    assert run.state == "cancelled" and run.result_node is None and not run.work_dir.exists()
+    assert run.coarse_node.GetSegmentation().GetNumberOfSegments() == len(ORGANS)
+    assert len(slicer_app.nodes()) == before + 2  # the coarse segmentation and its display node
+
+
+def test_unreadable_result_fails_readably_and_leaves_no_node(slicer_app, label_files, tmp_path):
+    volume = slicer_app.load_volume(CT_SM, "ct")
+    before = len(slicer_app.nodes())
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    logic = scripted_logic(REFINED_SCRIPT, {"coarse": broken, "refined": broken})
+    run = logic.wait(logic.start(volume, SegmentSettings(show3D=False)), interval=0)
+    assert run.state == "failed" and run.error.startswith("could not load the result")
+    assert len(slicer_app.nodes()) == before and names(slicer_app) == []
+
+
+def test_engine_error_event_becomes_the_panel_message(slicer_app, label_files):
+    volume = slicer_app.load_volume(CT_SM, "ct")
+    script = [progress("read", 0.0), {"event": "error", "message": "model 'x' does not cover organ ids [5]"}]
+    logic = scripted_logic(script, label_files, returncode=2)
+    run = logic.wait(logic.start(volume, SegmentSettings()), interval=0)
+    assert run.state == "failed" and run.error == "model 'x' does not cover organ ids [5]"
+    assert run.status_text() == "Failed."
+
+
+def test_sample_data_source_points_at_the_sample_ct(slicer_app):
+    import ContrastSeg
+
+    source = ContrastSeg.sampleDataSource()
+    assert source["sampleName"] == "ContrastSeg sample CT" and source["uris"].startswith("file://")
+    path = Path(source["uris"][len("file://"):])
+    assert path.exists() and path.name == source["fileNames"] == "contrastseg-sample-ct.nii.gz"
+    assert Path(source["thumbnailFileName"]).exists()
+
+
+# ---------------------------------------------------------------------------------------------- MRML, real engine
+@pytest.fixture
+def engine_home(tmp_path, monkeypatch):
+    """An empty model store, so 'the default model' is the bundled one whatever ~/.contrastseg holds."""
+    monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def ras_to_lps_geometry(volume):
+    """The volume node's IJK-to-RAS matrix as ITK's (origin, direction x spacing) in LPS."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+    return lps[:3, 3], lps[:3, :3]
+
+
+def itk_geometry(image):
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return np.array(image.GetOrigin()), direction * np.array(image.GetSpacing())[None, :]
+
+
+@needs_data
+@needs_default_model()
+def test_real_engine_through_the_runner_gives_named_organs_on_the_ct(slicer_app, engine_home, tmp_path):
+    from ContrastSegLib import nodes
+    from ContrastSegLib.segmentation import SegmentationLogic
+
+    volume = slicer_app.load_volume(CT_SM, "example_ct_sm")
+    seen = []
+    logic = SegmentationLogic()  # the module's runner: EngineProcess, `python -m contrastseg.cli` here
+    start = time.monotonic()
+    run = logic.start(volume, SegmentSettings(device="CPU", threads=THREADS), work_dir=tmp_path / "run",
+                      on_update=lambda r: seen.append((r.stage, r.fraction, r.eta, r.coarse_node is not None, r.result_node is not None)))
+    logic.wait(run, timeout=900, interval=0.05)
+    wall = time.monotonic() - start
+    assert run.state == "done", run.error
+    print(f"\nreal segmentation of {CT_SM.name} through the runner: {wall:.1f} s wall; engine timings {run.timings}")
+
+    # progress: stages in order, fractions never going back, an ETA, and the coarse map in the scene first
+    stages = [s[0] for s in seen if s[0]]
+    assert stages.index("coarse") < stages.index("refine") < stages.index("write")
+    fractions = [s[1] for s in seen]
+    assert fractions == sorted(fractions) and any(s[2] is not None for s in seen)
+    assert any(s[3] and not s[4] for s in seen), "the coarse result never showed before the refined one"
+    assert run.result_node is run.coarse_node  # refined replaced coarse in place (default)
+    assert run.result_node.GetAttribute("ContrastSeg.Stage") == "refined"
+
+    # one segment per organ of the model, named, coloured, with SNOMED CT terminology and the BTCV label value
+    node = run.result_node
+    segmentation = node.GetSegmentation()
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+    assert list(segmentation.GetSegmentIDs()) == [BY_ID[i].key for i in run.organs] == [o.key for o in ORGANS]
+    for organ in ORGANS:
+        segment = segmentation.GetSegment(organ.key)
+        assert segment.GetName() == organ.name
+        assert np.allclose(segment.GetColor(), np.array(organ.color) / 255)
+        assert segment.GetLabelValue() == organ.id
+        assert nodes.segment_tag(segment, "TerminologyEntry") == organ.terminology_entry()
+        assert nodes.organ_id(segment) == organ.id
+    assert segmentation.ContainsRepresentation("Closed surface")  # shown in 3D
+
+    # geometry: the engine's NIfTI is on the CT grid, the CT node's IJK-to-RAS is that grid in RAS, and the
+    # segmentation exported on the CT node equals the engine's output voxel for voxel
+    engine = sitk.ReadImage(str(run.output_path))
+    origin, axes = ras_to_lps_geometry(volume)
+    e_origin, e_axes = itk_geometry(engine)
+    assert np.allclose(origin, e_origin, atol=1e-3) and np.allclose(axes, e_axes, atol=1e-5)
+    expected = sitk.GetArrayFromImage(engine)
+    labels = nodes.labelmap_array(node, volume)
+    assert labels.shape == expected.shape and np.array_equal(labels, expected)
+    assert set(np.unique(expected)) - {0}, "the default model found no organ in the CT"
+    table = json.loads(run.output_path.with_name("segmentation.json").read_text())
+    assert {e["id"]: e["name"] for e in table["labels"]} == {o.id: o.name for o in ORGANS}
+
+
+@needs_data
+@needs_default_model()
+def test_real_cancel_mid_run_kills_the_engine_and_leaves_no_half_loaded_node(slicer_app, engine_home):
+    from ContrastSegLib.segmentation import SegmentationLogic
+
+    volume = slicer_app.load_volume(CT_SM, "example_ct_sm")
+    before = [n.GetID() for n in slicer_app.nodes()]
+    logic = SegmentationLogic()
+    run = logic.start(volume, SegmentSettings(device="CPU", threads=THREADS))
+    deadline = time.monotonic() + 120
+    while logic.poll(run) and not run.stage and time.monotonic() < deadline:
+        time.sleep(0.02)  # cancel as soon as the engine reports work, before the coarse map exists
+    assert run.stage, f"the engine never reported progress: {run.error}"
+    pid = run.process.pid
+    logic.cancel(run)
+    assert run.state == "cancelled" and run.coarse_node is None and run.result_node is None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the whole process group is gone
+    assert [n.GetID() for n in slicer_app.nodes()] == before
+    assert not run.work_dir.exists()
+
+
+@needs_data
+@needs_default_model()
+def test_real_engine_error_reaches_the_panel_as_its_sentence(slicer_app, engine_home, tmp_path):
+    from ContrastSegLib.segmentation import SegmentationLogic
+
+    ct = sitk.ReadImage(str(CT_SM))
+    scaled = sitk.Cast(sitk.RescaleIntensity(ct, 0.0, 1.0), sitk.sitkFloat32)  # not Hounsfield units
+    sitk.WriteImage(scaled, str(tmp_path / "scaled.nii.gz"))
+    volume = slicer_app.load_volume(tmp_path / "scaled.nii.gz", "scaled")
+    before = len(slicer_app.nodes())
+    logic = SegmentationLogic()
+    run = logic.wait(logic.start(volume, SegmentSettings(device="CPU", threads=THREADS)), timeout=300)
+    assert run.state == "failed" and run.process.returncode == 2
+    assert "does not look like CT" in run.error and "Traceback" not in run.error
+    assert len(slicer_app.nodes()) == before
