@@ -6,7 +6,6 @@ application (slicer-core in CI) this file still imports: the Logic and the sampl
 the Qt-based classes are inert.
 """
 
-import os
 from pathlib import Path
 
 import slicer

@@ -30,7 +30,7 @@ MODULE_DIR = REPO / "ContrastSeg"
 sys.path.insert(0, str(MODULE_DIR))  # as Slicer does for a module folder: ContrastSeg.py and ContrastSegLib
 
 from ContrastSegLib import install  # noqa: E402
-from ContrastSegLib.parameter import COARSE_ONLY, REFINED, SegmentSettings, segment_arguments  # noqa: E402
+from ContrastSegLib.parameter import COARSE_ONLY, SegmentSettings, segment_arguments  # noqa: E402
 
 from contrastseg.organs import BY_ID, ORGANS  # noqa: E402
 

@@ -8,8 +8,9 @@ Life of a run: the CT is written to a temporary NRRD; `contrastseg segment ... -
 progress lines update `run.stage / fraction / eta`; the `output` event of the coarse map loads it at once
 as a Segmentation node; the final map either replaces that node's segments in place or, with
 `keepCoarse`, becomes a second node beside it. An engine error (`error` event, exit code 2) ends the run
-with `run.error` set to the engine's sentence. `cancel()` kills the whole process tree and removes what
-the run added except a fully loaded coarse result: the scene never holds a half-loaded node.
+with `run.error` set to the engine's sentence. `cancel()` kills the whole process tree and removes the
+run's files. A result is loaded within one poll and a failed load removes its node, so whatever a run
+leaves in the scene is complete (e.g. the coarse map shown before a cancel): never a half-loaded node.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class SegmentationLogic:
             run.fraction = float(data.get("fraction") or 0.0)
             run.eta = data.get("eta")
             run.message = data.get("message") or run.message
-        elif event.event == "output":
+        elif event.event == "output" and not run.load_failed:
             try:
                 self._load_output(run, Path(data.get("path", "")))
             except Exception as err:  # noqa: BLE001 - a result we cannot load ends the run, readably
