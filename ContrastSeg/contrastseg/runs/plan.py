@@ -66,8 +66,17 @@ class Preflight:
     suggested_batch: int | None = None
 
 
+def torch_missing() -> bool:
+    """True before the Python requirements are installed (Slicer installs them on first use)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is None
+
+
 def pretrain_strategies() -> list[str] | None:
     """The pretraining strategies a run can use (those that pretrain the refined encoder), or None if none."""
+    if torch_missing():
+        return None
     try:
         from ..pretrain.strategies import names
     except ImportError:
@@ -81,6 +90,9 @@ COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net: `contr
 def preflight(req: RunRequest) -> Preflight:
     """Check a request before anything starts: enough data for each stage, the base model, the device and memory."""
     errors, warnings = [], []
+    if torch_missing():
+        return Preflight(["PyTorch is not installed yet: segment once in the ContrastSeg module (it installs the "
+                          "requirements), or `pip install torch`"], [])
     try:
         records = latest_per_case(live_records(req.dataset))
     except ContrastSegError as err:

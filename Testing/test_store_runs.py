@@ -1,0 +1,146 @@
+"""Training runs end to end from the CLI (plan -> finetune -> validate -> register), and the guard rails:
+too few labelled cases, GPU memory, a loss that becomes NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contrastseg import store
+from contrastseg.cli import main
+from contrastseg.dataset_edit import add_entry
+from contrastseg.errors import ContrastSegError
+from contrastseg.runs.memory import check_gpu, fitting_batch, training_bytes
+from contrastseg.runs.plan import RunRequest, make_plan, preflight, run_status
+from contrastseg.train.loop import train
+from contrastseg.train.settings import RefinedSettings
+from realdata import TS, needs_data
+from tiny_model import TINY_REFINED, build_tiny_model
+
+CT, SEG = TS / "example_ct_sm.nii.gz", TS / "example_seg.nii.gz"
+GIB = 2**30
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return build_tiny_model(tmp_path / "tiny")
+
+
+def two_cases(ds):
+    """Two labelled cases (the same CT exported as two cases: enough to train on one and validate on the other)."""
+    for case in ("a", "b"):
+        add_entry(ds, CT, SEG, id_map="totalsegmentator", case=case)
+    return ds
+
+
+# ---------------------------------------------------------------- guard rails
+@needs_data
+def test_refuses_without_enough_labelled_cases(tmp_path, tiny, capsys):
+    ds = tmp_path / "ds"
+    add_entry(ds, CT, SEG, id_map="totalsegmentator")
+    add_entry(ds, TS / "example_ct_dicom")  # unlabelled: counts for pretraining only
+    check = preflight(RunRequest(ds, base=str(tiny), device="cpu", validation=1))
+    assert any("needs at least 2 labelled cases" in e and "has 1" in e for e in check.errors)
+    assert preflight(RunRequest(ds, base=str(tiny), device="cpu")).errors == []  # automatic: nothing held out
+    pre = preflight(RunRequest(ds, stages=("pretrain", "finetune"), strategy="voxel-simsiam", base=str(tiny), device="cpu"))
+    assert any("coarse U-Net" in e for e in pre.errors)
+    empty = tmp_path / "empty"
+    add_entry(empty, TS / "example_ct_dicom")
+    assert main(["run", "plan", "--dataset", str(empty), "--base", str(tiny), "--device", "cpu"]) == 2
+    assert "fine-tuning needs at least 1 labelled cases" in capsys.readouterr().err
+    assert main(["run", "plan", "--dataset", str(ds), "--base", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    assert "base model" in capsys.readouterr().err
+
+
+def test_memory_estimate_and_a_batch_that_fits():
+    card = RefinedSettings().card()
+    sizes = [training_bytes(card, b) for b in (1, 2, 4, 8)]
+    steps = np.diff(sizes)
+    assert all(s > 0 for s in steps) and steps[1] == 2 * steps[0] and steps[2] == 4 * steps[0]  # linear in the batch
+    assert training_bytes(dict(card, **TINY_REFINED), 16) < training_bytes(card, 16)
+    per_sample = sizes[1] - sizes[0]
+    assert 5 * 2**20 < per_sample < 500 * 2**20  # tens of MB per 128x128 patch for a ResNet-18 width 32..256
+    fits = fitting_batch(card, 4 * GIB)
+    assert training_bytes(card, fits) <= 0.9 * 4 * GIB < training_bytes(card, fits + 1)
+    error, warning, suggested = check_gpu("cuda", card, 512, lambda: (4 * GIB, 8 * GIB))
+    assert error is None and suggested == fits and f"batch {fits} fits" in warning
+    assert check_gpu("cuda", card, 2, lambda: (40 * GIB, 80 * GIB)) == (None, None, None)
+    error, _, _ = check_gpu("cuda", card, 2, lambda: (GIB // 4, 8 * GIB))
+    assert "even with batch 1" in error
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.ones(4, 3)
+
+    calls = []
+
+    def step(rng):
+        calls.append(1)
+        loss = net(x).pow(2).mean()
+        return loss * float("nan") if len(calls) == 8 else loss
+    with pytest.raises(ContrastSegError, match=r"loss became nan at step 8; the last good checkpoint \(step 5\)"):
+        train(tmp_path, net, opt, step, steps=20, checkpoint_every=5)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 5
+    assert "loss became nan" in (tmp_path / "log.txt").read_text()
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():  # weights that went bad without a bad loss are never checkpointed either
+        net.weight.fill_(math.inf)
+    with pytest.raises(ContrastSegError, match="weights became non-finite"):
+        train(tmp_path / "b", net, opt, lambda rng: net.bias.sum() * 0, steps=5, checkpoint_every=5)
+    assert not (tmp_path / "b" / "checkpoint.json").exists()
+    net.load_state_dict(good)
+
+
+# ---------------------------------------------------------------- whole runs
+@needs_data
+def test_run_cli_plan_start_register(tmp_path, tiny, capsys):
+    ds = two_cases(tmp_path / "ds")
+    args = ["run", "plan", "--dataset", str(ds), "--base", str(tiny), "--steps", "6", "--batch", "2", "--device", "cpu",
+            "--threads", "1", "--name", "t1", "--start", "--progress", "json"]
+    assert main(args) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    run_dir = store.home() / "runs" / "t1"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert {e["stage"] for e in progress} == {"finetune", "validate", "register"}
+    assert [e["fraction"] for e in progress] == sorted(e["fraction"] for e in progress)  # one stream, monotone
+    assert any("loss" in e for e in progress) and events[-1]["event"] == "done" and events[-1]["model"] == "t1"
+    card = store.show("t1")["card"]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert card["data_snapshot"] == plan["data"] and len(plan["data"]["train"]) == len(plan["data"]["validation"]) == 1
+    assert all(len(d["labels_sha256"]) == 64 for d in plan["data"]["train"])
+    val = card["validation"]
+    assert val["entries"] == [plan["data"]["validation"][0]["id"]]
+    assert val["model"]["mean_dice"] is not None and val["base"]["mean_dice"] is not None
+    assert card["base_model"]["path"] == str(tiny.resolve()) and card["stages"] == ["finetune"]
+    assert card["refined"]["depth"] == TINY_REFINED["depth"]  # the base model's architecture, fine-tuned
+    assert run_status(run_dir)["status"] == "done" and (run_dir / "validation.json").exists()
+    assert main(["run", "start", str(run_dir), "--progress", "json"]) == 0  # finished: nothing is run twice
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["already"] is True
+    assert main(["run", "list"]) == 0 and "t1" in capsys.readouterr().out
+    assert main(["run", "cancel", str(run_dir)]) == 2
+
+
+@needs_data
+def test_nan_run_fails_with_a_clear_message_and_can_resume(tmp_path, tiny, capsys):
+    ds = two_cases(tmp_path / "ds")
+    run_dir, plan = make_plan(RunRequest(ds, base=str(tiny), steps=5, batch=2, device="cpu", threads=1, validation=0,
+                                         name="nan", finetune_args=["--lr", "1e30"]))
+    assert main(["run", "start", str(run_dir), "--progress", "json"]) == 2
+    out = capsys.readouterr()
+    assert "training stopped" in out.err and ("loss became nan" in out.err or "non-finite" in out.err)
+    assert json.loads(out.out.splitlines()[-1])["event"] == "error"
+    status = run_status(run_dir)
+    assert status["status"] == "failed" and status["resumable"] and "last good checkpoint (step 0)" in status["message"]
+    assert "nan" not in store.list_models()
