@@ -1,0 +1,189 @@
+"""The ContrastSegTraining module's Logic on real MRML (slicer-core) and real CT: export a corrected
+Segmentation node and read it back; a real (tiny) training run launched detached through the same process
+runner the module uses, followed, re-attached from a fresh Logic, cancelled, resumed, registered; the new
+model used by the ContrastSeg Logic to segment and compared with the old one."""
+
+from __future__ import annotations
+
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+
+REPO = Path(__file__).resolve().parents[1]
+for _sub in ("ContrastSegTraining", "ContrastSeg"):
+    if str(REPO / _sub) not in sys.path:
+        sys.path.insert(0, str(REPO / _sub))
+
+import SimpleITK as sitk  # noqa: E402
+
+from ContrastSegLib import nodes  # noqa: E402
+from ContrastSegLib.parameter import SegmentSettings  # noqa: E402
+from ContrastSegLib.segmentation import SegmentationLogic  # noqa: E402
+from ContrastSegTraining import ContrastSegTrainingLogic  # noqa: E402
+from ContrastSegTrainingLib.parameter import TrainingSettings  # noqa: E402
+from contrastseg import store  # noqa: E402
+from contrastseg.dataset import entries  # noqa: E402
+from contrastseg.errors import ContrastSegError  # noqa: E402
+from contrastseg.io import read_image, read_labels, write_labels  # noqa: E402
+from contrastseg.organs import TOTALSEGMENTATOR_TO_BTCV  # noqa: E402
+from realdata import TS, needs_data  # noqa: E402
+from slicer_app import slicer_app  # noqa: E402,F401
+from tiny_model import build_tiny_model  # noqa: E402
+
+pytestmark = needs_data
+CASES = {"small": ("example_ct_sm.nii.gz", "example_seg.nii.gz"), "large": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")}
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def load_case(app, tmp_path, which="small"):
+    """A CT volume node and its segmentation as the ContrastSeg module shows it (one segment per organ)."""
+    ct, seg = (TS / f for f in CASES[which])
+    volume = app.load_volume(ct, f"ct-{which}")
+    labels = read_labels(seg, read_image(ct), TOTALSEGMENTATOR_TO_BTCV)
+    present = sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v)
+    initial = tmp_path / f"initial-{which}.nii.gz"
+    write_labels(labels, initial, present)
+    segmentation = nodes.load_labels(initial, volume, present, name=f"ct-{which} segmentation")
+    segmentation.SetAttribute("ContrastSeg.Model", "default")
+    segmentation.SetAttribute("ContrastSeg.InitialLabels", str(initial))
+    return volume, segmentation, initial
+
+
+def test_export_corrected_segmentation_reads_back_identical(slicer_app, tmp_path):  # noqa: F811
+    volume, segmentation, initial = load_case(slicer_app, tmp_path)
+    liver = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, "liver", volume)
+    erased = int(liver[12:16].sum())
+    liver[12:16] = 0  # the user's correction
+    slicer.util.updateSegmentBinaryLabelmapFromArray(liver, segmentation, "liver", volume)
+    tumor = segmentation.GetSegmentation().AddEmptySegment("tumor", "tumor")
+    mask = np.zeros_like(liver)
+    mask[14, 40:50, 40:50] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, tumor, volume)
+    expected = nodes.labelmap_array(segmentation, volume)
+
+    logic = ContrastSegTrainingLogic(dataset=tmp_path / "ds")
+    result = logic.exportCase(volume, segmentation, "portal", "first correction")
+    assert result.left_out == ["tumor"] and "Left out" in result.message()
+    (entry,) = entries(tmp_path / "ds")
+    image = read_image(entry.image)
+    stored = sitk.GetArrayFromImage(read_labels(entry.labels, image))
+    assert np.array_equal(stored, expected)  # identical voxels and organ ids
+    assert np.array_equal(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(volume).astype(np.float32))
+    original = read_image(TS / CASES["small"][0])
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert np.allclose(getattr(image, get)(), getattr(original, get)(), atol=1e-4), get
+    assert result.organs == result.record["organs"] == sorted(int(v) for v in np.unique(expected) if v)
+    prov = result.record["provenance"]
+    assert prov["edited"] == {"liver": {"id": 6, "added": 0, "removed": erased}} and prov["changed_voxels"] == erased
+    assert prov["model"] == "default" and prov["volume_name"] == "ct-small" and prov["left_out"] == ["tumor"]
+    assert result.record["phase"] == "portal" and prov["note"] == "first correction"
+
+    again = logic.exportCase(volume, segmentation)  # the same case again: a new version, the first untouched
+    assert again.record["id"] == "ct-small-v2" and again.record["labels"] != result.record["labels"]
+    logic.exportCase(volume, None)  # the CT alone, for pretraining
+    rows = logic.datasetRows()
+    assert [(r["id"], r["labelled"]) for r in rows] == [("ct-small-v1", True), ("ct-small-v2", True), ("ct-small-v3", False)]
+    assert rows[0]["edited"] == ["liver"] and "liver" in rows[0]["organs"]
+    assert logic.checkDataset() == ([], [])
+    logic.removeEntry("ct-small-v1")
+    assert (tmp_path / "ds" / "trash" / "ct-small-v1").is_dir() and len(logic.datasetRows()) == 2
+
+    only_tumor = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "not organs")
+    only_tumor.GetSegmentation().AddEmptySegment("tumor", "tumor")
+    with pytest.raises(ContrastSegError, match="no segment"):
+        logic.exportCase(volume, only_tumor)
+    segmentation.GetSegmentation().AddEmptySegment("liver 2", "Liver")
+    with pytest.raises(ContrastSegError, match="both the liver"):
+        logic.exportCase(volume, segmentation)
+
+
+def test_training_run_attach_cancel_resume_register_segment_compare(slicer_app, tmp_path):  # noqa: F811
+    tiny = build_tiny_model(tmp_path / "tiny")
+    store.register(tiny, "tiny-base")
+    logic = ContrastSegTrainingLogic(dataset=tmp_path / "ds")
+    volumes = {}
+    for which in CASES:
+        volumes[which], segmentation, _ = load_case(slicer_app, tmp_path, which)
+        logic.exportCase(volumes[which], segmentation)
+    settings = TrainingSettings(steps=120, batch=2, threads=1, device="CPU", baseModel="tiny-base", name="slicer-run")
+    assert logic.check(settings).errors == []
+    assert "needs at least" in " ".join(logic.check(TrainingSettings(validation=2, baseModel="tiny-base")).errors)
+
+    def step(m):
+        return max((s for s, _ in m.losses.get("finetune", [])), default=0)
+
+    first = logic.launch(settings)
+    run_dir = first.run_dir
+    first.wait(timeout=300, until=lambda m: step(m) >= 10)
+    assert first.status == "running" and first.stage == "finetune" and 0 < first.fraction < 1
+    assert first.eta is not None and "Fine-tuning" in first.status_text()
+
+    later = ContrastSegTrainingLogic(dataset=tmp_path / "ds")  # Slicer restarted: find the run and re-attach
+    (found,) = later.findRuns()
+    assert found["status"] == "running" and found["path"] == str(run_dir)
+    attached = later.attach(run_dir)
+    assert attached.process is not None and step(attached) >= 10  # the curve so far comes from the stream file
+    attached.wait(timeout=300, until=lambda m: step(m) >= 55)
+    assert step(attached) < 120, "the run finished before it could be cancelled; make it longer"
+    later.cancel(attached)
+    first.wait(timeout=30)
+    assert first.status in ("cancelled", "interrupted") and attached.status in ("cancelled", "interrupted")
+    assert later.findRuns()[0]["resumable"]
+    assert (run_dir / "steps" / "finetune" / "checkpoint.json").read_text().count('"step": 50')
+
+    resumed = later.resume(run_dir)
+    resumed.wait(timeout=600)
+    assert resumed.status == "done", resumed.error
+    assert "resume at step 50" in (run_dir / "steps" / "finetune" / "log.txt").read_text()
+    curve = resumed.losses["finetune"]
+    assert [s for s, _ in curve] == sorted({s for s, _ in curve}) and curve[-1][0] == 120
+    assert resumed.model == "slicer-run" and "Done" in resumed.status_text() and "held-out" in resumed.status_text()
+    assert "resume" in resumed.log_text()
+    chart = later.updateChart(resumed)
+    table = slicer.mrmlScene.GetFirstNodeByName("slicer-run finetune loss")
+    assert chart.GetNumberOfPlotSeriesNodes() == 1 and table.GetTable().GetNumberOfRows() == len(curve)
+    card = store.show("slicer-run")["card"]
+    assert card["validation"]["model"]["mean_dice"] is not None and card["base_model"]["name"] == "tiny-base"
+    assert "slicer-run" in [m["name"] for m in store.list_models()]
+
+    seg_logic = SegmentationLogic(python=sys.executable)  # the ContrastSeg module's Logic, with the new model
+    run = seg_logic.wait(seg_logic.start(volumes["small"], SegmentSettings(model="slicer-run", threads=1, show3D=False)), timeout=300)
+    assert run.state == "done", run.error
+    assert run.result_node.GetAttribute("ContrastSeg.Model") == "slicer-run"
+    assert run.result_node.GetSegmentation().GetNumberOfSegments() == 13
+
+    comparison = later.compare(volumes["small"], "tiny-base", "slicer-run", device="cpu", threads=1)
+    later._compareLogic().wait(comparison, timeout=300)
+    assert comparison.error is None and len(comparison.nodes) == 2
+    assert comparison.nodes[0].GetDisplayNode().GetOpacity2DFill() == 0.0  # old model as outlines
+    assert "tiny-base (outlines) and slicer-run (filled)" in later.comparisonText(comparison)
+
+
+def test_loss_chart_is_reused_and_follows_a_resume(slicer_app):  # noqa: F811
+    from ContrastSegTrainingLib.plots import loss_chart
+
+    chart = loss_chart("r", {"finetune": [(1, 0.9), (2, 0.8)]})
+    again = loss_chart("r", {"finetune": [(1, 0.9), (2, 0.8), (3, 0.7)], "pretrain": [(1, 3.0)]})
+    assert again is chart and chart.GetNumberOfPlotSeriesNodes() == 2
+    assert slicer.mrmlScene.GetFirstNodeByName("r finetune loss").GetTable().GetNumberOfRows() == 3
+
+
+def test_every_widget_the_panel_uses_is_in_the_ui_file():
+    ui = ET.parse(REPO / "ContrastSegTraining" / "Resources" / "UI" / "ContrastSegTraining.ui")
+    names = {w.get("name") for w in ui.iter("widget")}
+    code = (REPO / "ContrastSegTraining" / "ContrastSegTrainingLib" / "widget.py").read_text()
+    used = {n for n in re.findall(r"\bui\.(\w+)", code) if not n.isupper()}  # not the docstring's NAME
+    assert used and used <= names, sorted(used - names)
+    cmake = (REPO / "ContrastSegTraining" / "CMakeLists.txt").read_text()
+    assert "Resources/UI/${MODULE_NAME}.ui" in cmake and "${MODULE_NAME}Lib/*.py" in cmake
