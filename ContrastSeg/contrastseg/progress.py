@@ -28,6 +28,7 @@ class Progress:
         self.done_before = 0.0
         self._last_emit = 0.0
         self._bar_open = False
+        self._baseline = None  # (time, overall fraction) of the first report: a resumed run starts part-way
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -46,7 +47,11 @@ class Progress:
         self._last_emit = now
         overall = min(1.0, self.done_before + self.weights.get(self.stage, 0.0) * max(0.0, min(1.0, fraction)))
         elapsed = self.elapsed()
-        eta = elapsed * (1 - overall) / overall if overall > 0.02 else None
+        if self._baseline is None:
+            self._baseline = (now, overall)
+        t_base, f_base = self._baseline
+        gained = overall - f_base
+        eta = (now - t_base) * (1 - overall) / gained if gained > 0.02 * (1 - f_base) else None
         if self.mode == "json":
             record = {"event": "progress", "stage": self.stage, "fraction": round(overall, 4),
                       "stage_fraction": round(fraction, 4), "elapsed": round(elapsed, 2),
