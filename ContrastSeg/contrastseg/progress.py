@@ -47,11 +47,11 @@ class Progress:
         self._last_emit = now
         overall = min(1.0, self.done_before + self.weights.get(self.stage, 0.0) * max(0.0, min(1.0, fraction)))
         elapsed = self.elapsed()
-        if self._baseline is None:
+        if self._baseline is None and overall > 0:
             self._baseline = (now, overall)
-        t_base, f_base = self._baseline
+        t_base, f_base = self._baseline or (now, overall)
         gained = overall - f_base
-        eta = (now - t_base) * (1 - overall) / gained if gained > 0.02 * (1 - f_base) else None
+        eta = (now - t_base) * (1 - overall) / gained if gained > 0.01 * (1 - f_base) else None
         if self.mode == "json":
             record = {"event": "progress", "stage": self.stage, "fraction": round(overall, 4),
                       "stage_fraction": round(fraction, 4), "elapsed": round(elapsed, 2),
