@@ -54,6 +54,7 @@ class RegionBank:
             t = torch.from_numpy(sq)[None]
             out[i, 0] = F.interpolate(t[:, :1], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
             out[i, 1] = F.interpolate(t[:, 1:], size=(size, size), mode="nearest")[0, 0].numpy()
+            out[i, 0] *= out[i, 1]  # resizing blurs the edge: keep image and mask channels on one outline
         return out
 
 

@@ -98,6 +98,7 @@ def pretrain(dataset: Path, run_dir: Path, settings: PretrainSettings, device: t
         if d.main:
             write_json(config, run_dir / "config.json")
         ctx.log(f"pretrain {settings.strategy} on {dataset}: {len(items)} CTs, world size {d.world}, device {d.device}")
+        torch.manual_seed(settings.seed)  # the networks' initial weights: the same run twice is the same run
         result = strategy.run(ctx, items)
         out = None
         summary = {"strategy": settings.strategy, "phases": ctx.summaries}
