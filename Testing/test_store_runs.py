@@ -144,3 +144,24 @@ def test_nan_run_fails_with_a_clear_message_and_can_resume(tmp_path, tiny, capsy
     status = run_status(run_dir)
     assert status["status"] == "failed" and status["resumable"] and "last good checkpoint (step 0)" in status["message"]
     assert "nan" not in store.list_models()
+
+
+@needs_data
+def test_pretraining_is_one_more_step_of_the_plan(tmp_path, tiny, capsys):
+    """pretrain -> finetune: the encoder the pretrain step announces is the one fine-tuning starts from."""
+    from contrastseg.runs.plan import pretrain_strategies
+
+    if not pretrain_strategies():
+        pytest.skip("this engine has no pretraining command")
+    ds = two_cases(tmp_path / "ds")
+    assert main(["run", "plan", "--dataset", str(ds), "--stages", "pretrain,finetune", "--strategy", "simclr",
+                 "--base", str(tiny), "--pretrain-steps", "2", "--pretrain-batch", "4", "--steps", "2", "--batch", "2",
+                 "--validation", "0", "--device", "cpu", "--threads", "1", "--name", "pt", "--start", "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    weights = next(e["path"] for e in events if e["event"] == "output" and e.get("kind") == "weights")
+    run_dir = store.home() / "runs" / "pt"
+    assert f"--init {weights}" in (run_dir / "log.txt").read_text()
+    assert any(e["event"] == "progress" and e["stage"] == "pretrain" and "loss" in e for e in events)
+    card = store.show("pt")["card"]
+    assert card["strategy"] == "simclr" and card["stages"] == ["pretrain", "finetune"]
+    assert len(card["data_snapshot"]["pretrain"]) == 2 and card["validation"]["model"] is None

@@ -68,6 +68,6 @@ def loss_chart(run: str, losses: dict[str, list[tuple[int, float]]], scene=None)
             series.SetYColumnName("loss")
             series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
             series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-            series.SetColor(*COLORS.get(stage, (0.3, 0.3, 0.3)))
+            series.SetColor(*COLORS.get(stage.split()[0], (0.3, 0.3, 0.3)))
             chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart

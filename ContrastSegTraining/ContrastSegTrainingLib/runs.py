@@ -74,7 +74,8 @@ class RunMonitor:
             self.eta = data.get("eta")
             self.message = data.get("message") or self.message
             if data.get("loss") is not None and data.get("step") is not None:
-                curve = self.losses.setdefault(self.stage, [])
+                key = f"{self.stage} {data['phase']}" if data.get("phase") else self.stage  # multi-phase strategies
+                curve = self.losses.setdefault(key, [])
                 step = int(data["step"])
                 while curve and curve[-1][0] >= step:  # a resumed run repeats steps after its checkpoint
                     curve.pop()

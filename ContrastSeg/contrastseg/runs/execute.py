@@ -102,7 +102,9 @@ class Runner:
                 continue
             kind = event.pop("event", "progress")
             if kind == "progress":
-                event.pop("stage", None)
+                phase = event.pop("stage", None)  # the step's own stage (e.g. a pretraining phase) rides along
+                if phase not in (None, "", "train"):
+                    event["phase"] = phase
                 frac = event.pop("fraction", 0.0)
                 for key in ("elapsed", "eta", "stage_fraction"):
                     event.pop(key, None)
