@@ -24,7 +24,7 @@ import SimpleITK as sitk  # noqa: E402
 
 from ContrastSegLib import nodes  # noqa: E402
 from ContrastSegLib.parameter import SegmentSettings  # noqa: E402
-from ContrastSegLib.segmentation import SegmentationLogic  # noqa: E402
+from ContrastSeg import ContrastSegLogic  # noqa: E402
 from ContrastSegTraining import ContrastSegTrainingLogic  # noqa: E402
 from ContrastSegTrainingLib.parameter import TrainingSettings  # noqa: E402
 from contrastseg import store  # noqa: E402
@@ -157,7 +157,7 @@ def test_training_run_attach_cancel_resume_register_segment_compare(slicer_app, 
     assert card["validation"]["model"]["mean_dice"] is not None and card["base_model"]["name"] == "tiny-base"
     assert "slicer-run" in [m["name"] for m in store.list_models()]
 
-    seg_logic = SegmentationLogic(python=sys.executable)  # the ContrastSeg module's Logic, with the new model
+    seg_logic = ContrastSegLogic(python=sys.executable)  # the ContrastSeg module's Logic, with the new model
     run = seg_logic.wait(seg_logic.start(volumes["small"], SegmentSettings(model="slicer-run", threads=1, show3D=False)), timeout=300)
     assert run.state == "done", run.error
     assert run.result_node.GetAttribute("ContrastSeg.Model") == "slicer-run"

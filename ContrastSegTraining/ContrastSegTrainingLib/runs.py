@@ -235,8 +235,6 @@ def _replay(monitor: RunMonitor, stream: Path) -> None:
         event = EngineEvent.parse(line)
         if event is not None:
             monitor.on_event(event)
-    if monitor.status == "running":
-        monitor.status = "starting"
 
 
 def read_progress(stream: Path) -> list[dict]:

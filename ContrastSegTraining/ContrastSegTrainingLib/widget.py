@@ -14,7 +14,6 @@ import slicer
 from contrastseg.errors import ContrastSegError
 
 from .parameter import DEVICES, FINETUNE, PRETRAIN_FINETUNE
-from .plots import loss_chart
 from .runs import RunMonitor, validation_text
 
 POLL_MS = 500

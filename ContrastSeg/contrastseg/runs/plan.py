@@ -74,14 +74,15 @@ def torch_missing() -> bool:
 
 
 def pretrain_strategies() -> list[str] | None:
-    """The pretraining strategies a run can use (those that pretrain the refined encoder), or None if none."""
-    if torch_missing():
-        return None
+    """The pretraining strategies a run can use (those that pretrain the refined encoder), or None if none.
+
+    Read from the torch-free settings module, so the Slicer panel can list them without loading torch.
+    """
     try:
-        from ..pretrain.strategies import names
+        from ..pretrain.settings import STRATEGY_NAMES
     except ImportError:
         return None
-    return [n for n in names() if n not in COARSE_STRATEGIES]
+    return [n for n in STRATEGY_NAMES if n not in COARSE_STRATEGIES]
 
 
 COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net: `contrastseg pretrain` + `train-coarse`
@@ -130,8 +131,6 @@ def preflight(req: RunRequest) -> Preflight:
         if value < 1:
             errors.append(f"{what} must be at least 1 (got {value})")
     try:
-        from ..models.files import read_card
-
         card = read_card(store.resolve(req.base))
     except ContrastSegError as err:
         errors.append(f"base model: {err}")
@@ -146,6 +145,18 @@ def preflight(req: RunRequest) -> Preflight:
         warnings += [warning] if warning else []
         result.suggested_batch = suggested
     return result
+
+
+def read_card(folder: Path) -> dict:
+    """A model card as JSON, checked like models.files.read_card but without importing torch (Slicer plans runs)."""
+    path = Path(folder) / "card.json"
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ContrastSegError(f"no readable model card at {path} ({err})") from None
+    if not isinstance(card, dict) or card.get("format") != "contrastseg-model/1" or not card.get("coarse"):
+        raise ContrastSegError(f"{path} is not a ContrastSeg model card with a coarse network")
+    return card
 
 
 def _refined_card(base_card: dict, req: RunRequest) -> dict:
@@ -202,8 +213,6 @@ def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]
     data = {"train": _snapshot(req.dataset, [r for r in labelled if r["id"] not in val_ids], run_dir / "data/train.json"),
             "validation": _snapshot(req.dataset, [r for r in labelled if r["id"] in val_ids], run_dir / "data/validation.json")}
     base_path = store.resolve(req.base).resolve()
-    from ..models.files import read_card
-
     base_card = read_card(base_path)
     arch = _arch_args(_refined_card(base_card, req))
     common = ["--seed", str(req.seed), "--device", req.device, "--progress", "json"]
@@ -256,7 +265,7 @@ def read_state(run_dir: Path) -> dict:
 
 
 def process_alive(pid: int | None, run_dir: Path | None = None) -> bool:
-    """Is `pid` alive (and, where /proc tells, running this run)? Never signals a process on Windows."""
+    """Is `pid` alive (and, where /proc tells, a contrastseg process)? Never signals a process on Windows."""
     if not pid:
         return False
     if sys.platform == "win32":
@@ -282,7 +291,7 @@ def process_alive(pid: int | None, run_dir: Path | None = None) -> bool:
             stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             return False
-        return stat != "Z" and Path(run_dir).name in text  # a zombie or a reused pid is not our run
+        return stat != "Z" and "contrastseg" in text  # a zombie, or a pid reused by another program, is not our run
     return True
 
 
