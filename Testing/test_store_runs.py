@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +169,30 @@ def test_pretraining_is_one_more_step_of_the_plan(tmp_path, tiny, capsys):
     card = store.show("pt")["card"]
     assert card["strategy"] == "simclr" and card["stages"] == ["pretrain", "finetune"]
     assert len(card["data_snapshot"]["pretrain"]) == 2 and card["validation"]["model"] is None
+
+
+@needs_data
+def test_run_cancel_from_the_cli_stops_the_step(tmp_path, tiny, capsys):
+    ds = two_cases(tmp_path / "ds")
+    run_dir, _ = make_plan(RunRequest(ds, base=str(tiny), steps=400, batch=2, device="cpu", threads=1, validation=0, name="c"))
+    proc = subprocess.Popen([sys.executable, "-m", "contrastseg.cli", "run", "start", str(run_dir), "--progress", "json"],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    for line in proc.stdout:  # wait until fine-tuning is really training
+        if '"loss"' in line:
+            break
+    assert run_status(run_dir)["status"] == "running"
+    assert [p for p in Path("/proc").glob("[0-9]*") if _cwd(p) == run_dir.resolve()]  # the step runs in the run folder
+    assert main(["run", "cancel", str(run_dir)]) == 0
+    assert proc.wait(timeout=30) == 130
+    assert "c: cancelled" in capsys.readouterr().out
+    status = run_status(run_dir)
+    assert status["status"] == "cancelled" and status["resumable"]
+    steps = [p for p in Path("/proc").glob("[0-9]*") if _cwd(p) == run_dir.resolve()]
+    assert steps == [], "the fine-tuning step outlived the cancelled run"
+
+
+def _cwd(proc: Path):
+    try:
+        return Path(os.readlink(proc / "cwd"))
+    except OSError:
+        return None
