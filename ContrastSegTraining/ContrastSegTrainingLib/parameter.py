@@ -25,10 +25,10 @@ class TrainingSettings:
     stages: Annotated[str, Choice((FINETUNE, PRETRAIN_FINETUNE))] = FINETUNE
     strategy: str = "dcc"
     baseModel: str = ""
-    steps: Annotated[int, Minimum(1), Maximum(1000000)] = 1000
-    batch: Annotated[int, Minimum(1), Maximum(4096)] = 16
-    pretrainSteps: Annotated[int, Minimum(1), Maximum(1000000)] = 1000
-    pretrainBatch: Annotated[int, Minimum(2), Maximum(4096)] = 32
+    steps: Annotated[int, Minimum(1), Maximum(1000000)] = RunRequest.steps
+    batch: Annotated[int, Minimum(1), Maximum(4096)] = RunRequest.batch
+    pretrainSteps: Annotated[int, Minimum(1), Maximum(1000000)] = RunRequest.pretrain_steps
+    pretrainBatch: Annotated[int, Minimum(2), Maximum(4096)] = RunRequest.pretrain_batch
     validation: Annotated[int, Minimum(-1), Maximum(1000)] = -1
     device: Annotated[str, Choice(tuple(DEVICES))] = "auto"
     threads: Annotated[int, Minimum(0), Maximum(256)] = 0

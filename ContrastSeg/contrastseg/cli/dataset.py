@@ -10,9 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..dataset import NAMED_ID_MAPS, read_manifest
-from ..dataset_edit import add_entry, check, default_dataset, remove_entry, summary_row
 from ..organs import BY_ID
+from .evaluate import ID_MAPS  # the named id maps, without importing SimpleITK at start-up
 
 
 def _dataset_option(p: argparse.ArgumentParser) -> None:
@@ -29,13 +28,13 @@ def register(sub) -> None:
     a = dsub.add_parser("add", help="add a CT and its corrected label map (or a CT alone, for pretraining)")
     a.add_argument("image", type=Path, help="CT file or DICOM folder")
     a.add_argument("labels", type=Path, nargs="?", default=None, help="label map (BTCV ids unless --id-map); none: unlabelled")
-    a.add_argument("--id-map", default=None, choices=sorted(NAMED_ID_MAPS), help="label ids of LABELS (default: BTCV)")
+    a.add_argument("--id-map", default=None, choices=ID_MAPS, help="label ids of LABELS (default: BTCV)")
     a.add_argument("--phase", default=None, help="contrast phase, e.g. arterial, portal, native")
     a.add_argument("--source", default=None, help="free text: where the case comes from")
     a.add_argument("--case", default=None, help="case name (default: the same case as an earlier entry of this image, else the file name)")
     a.add_argument("--id", dest="entry_id", default=None, help="entry id (default: CASE-vN)")
     a.add_argument("--initial", type=Path, default=None, help="the segmentation before correction, to record what was edited")
-    a.add_argument("--initial-id-map", default=None, choices=sorted(NAMED_ID_MAPS))
+    a.add_argument("--initial-id-map", default=None, choices=ID_MAPS)
     a.add_argument("--model", default=None, help="the model (name/version) that produced the initial segmentation")
     a.add_argument("--volume-name", default=None, help="the volume's name (default: the file name)")
     _dataset_option(a)
@@ -58,10 +57,14 @@ def register(sub) -> None:
 
 
 def _folder(args) -> Path:
+    from ..dataset_edit import default_dataset
+
     return args.dataset or default_dataset()
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from ..dataset_edit import add_entry
+
     rec = add_entry(_folder(args), args.image, args.labels, case=args.case, entry_id=args.entry_id, phase=args.phase,
                     source=args.source, id_map=args.id_map, initial=args.initial, initial_id_map=args.initial_id_map,
                     model=args.model, volume_name=args.volume_name)
@@ -71,6 +74,9 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from ..dataset import read_manifest
+    from ..dataset_edit import summary_row
+
     records = [r for r in read_manifest(_folder(args)).get("entries", []) if args.removed or not r.get("removed")]
     if args.json:
         print(json.dumps(records, indent=2))
@@ -87,6 +93,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
+    from ..dataset_edit import remove_entry
+
     rec = remove_entry(_folder(args), args.entry)
     moved = ", ".join(rec.get("trash", {}).values()) or "nothing (its image is used by another entry)"
     print(f"removed {rec['id']}; moved to the trash: {moved}")
@@ -94,6 +102,8 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from ..dataset_edit import check
+
     problems, warnings = check(_folder(args))
     for w in warnings:
         print(f"warning: {w}")

@@ -20,6 +20,8 @@ from ..progress import Progress
 
 
 def register(sub) -> None:
+    from ..runs.plan import RunRequest  # torch-free: the CLI still starts fast
+
     p = sub.add_parser("run", help="training runs: plan, start (or resume), list, status, cancel",
                        description="Train a new model on the local dataset and register it in the model store.")
     rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -31,10 +33,10 @@ def register(sub) -> None:
     pl.add_argument("--stages", default="finetune", choices=["finetune", "pretrain,finetune"])
     pl.add_argument("--strategy", default=None, help="pretraining strategy (with --stages pretrain,finetune)")
     pl.add_argument("--base", default=None, help="model to start from: store name or folder (default: the store's default)")
-    pl.add_argument("--steps", type=int, default=1500, help="fine-tuning steps")
-    pl.add_argument("--batch", type=int, default=16, help="fine-tuning batch (organ patches)")
-    pl.add_argument("--pretrain-steps", type=int, default=1000)
-    pl.add_argument("--pretrain-batch", type=int, default=32)
+    pl.add_argument("--steps", type=int, default=RunRequest.steps, help="fine-tuning steps")
+    pl.add_argument("--batch", type=int, default=RunRequest.batch, help="fine-tuning batch (organ patches)")
+    pl.add_argument("--pretrain-steps", type=int, default=RunRequest.pretrain_steps)
+    pl.add_argument("--pretrain-batch", type=int, default=RunRequest.pretrain_batch)
     pl.add_argument("--validation", type=int, default=None, help="labelled cases held out to compare before/after (default: 1 if 2 or more)")
     pl.add_argument("--finetune-args", default="", help="more `contrastseg finetune` options, quoted, e.g. \"--lr 3e-4\"")
     pl.add_argument("--pretrain-args", default="", help="more `contrastseg pretrain` options, quoted")

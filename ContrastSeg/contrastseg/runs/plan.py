@@ -17,10 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from .. import store
-from ..dataset import DATASET_FORMAT
-from ..dataset_edit import latest_per_case, live_records
 from ..errors import ContrastSegError
-from ..io import write_json
+from ..train.settings import RefinedSettings
+
+# SimpleITK (dataset, io) is imported inside the functions that need it: `contrastseg --help` stays light.
+
+try:  # the engine's own defaults, so a run and a direct `contrastseg pretrain` / `finetune` agree
+    from ..pretrain.settings import PretrainSettings
+
+    PRETRAIN_DEFAULTS = (PretrainSettings.steps, PretrainSettings.batch)
+except ImportError:
+    PRETRAIN_DEFAULTS = (300, 16)
 
 RUN_FORMAT = "contrastseg-run/1"
 PLAN, STATE, STREAM, LOG, LAUNCH = "plan.json", "state.json", "progress.jsonl", "log.txt", "launch.json"
@@ -41,10 +48,10 @@ class RunRequest:
     stages: tuple[str, ...] = ("finetune",)
     strategy: str | None = None
     base: str | None = None  # model name or folder; None = the store's default model
-    steps: int = 1500
-    batch: int = 16
-    pretrain_steps: int = 1000
-    pretrain_batch: int = 32
+    steps: int = RefinedSettings.steps
+    batch: int = RefinedSettings.batch
+    pretrain_steps: int = PRETRAIN_DEFAULTS[0]
+    pretrain_batch: int = PRETRAIN_DEFAULTS[1]
     validation: int | None = None  # held-out labelled cases; None = 1 if there are 2 or more, else 0
     device: str = "auto"
     threads: int | None = None
@@ -90,6 +97,8 @@ COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net: `contr
 
 def preflight(req: RunRequest) -> Preflight:
     """Check a request before anything starts: enough data for each stage, the base model, the device and memory."""
+    from ..dataset_edit import latest_per_case, live_records
+
     errors, warnings = [], []
     if torch_missing():
         return Preflight(["PyTorch is not installed yet: segment once in the ContrastSeg module (it installs the "
@@ -164,8 +173,6 @@ def _refined_card(base_card: dict, req: RunRequest) -> dict:
     if base_card.get("refined"):
         card = {k: v for k, v in base_card["refined"].items() if k != "weights"}
     else:  # a coarse-only base: the engine's default refined network
-        from ..train.settings import RefinedSettings
-
         card = RefinedSettings().card()
     args = req.finetune_args
     for opt, key, conv in (("--depth", "depth", int), ("--widths", "widths", lambda s: [int(v) for v in s.split(",")]),
@@ -183,6 +190,9 @@ def _arch_args(card: dict) -> list[str]:
 
 def _snapshot(dataset: Path, records: list[dict], path: Path) -> list[dict]:
     """Write records as a dataset manifest with absolute paths; returns their ids and checksums."""
+    from ..dataset import DATASET_FORMAT
+    from ..io import write_json
+
     base = Path(dataset)
     out = []
     for r in records:
@@ -197,6 +207,9 @@ def _snapshot(dataset: Path, records: list[dict], path: Path) -> list[dict]:
 
 def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]:
     """Check the request, freeze the data and write `plan.json`; returns the run folder and the plan."""
+    from ..dataset_edit import latest_per_case, live_records
+    from ..io import write_json
+
     check = preflight(req)
     if check.errors:
         raise ContrastSegError("; ".join(check.errors))
