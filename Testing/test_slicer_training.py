@@ -42,8 +42,17 @@ CASES = {"small": ("example_ct_sm.nii.gz", "example_seg.nii.gz"), "large": ("exa
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
+    """A private store and runs folder; a run a failed test left running is stopped afterwards."""
+    import os
+    import signal
+
+    from contrastseg.runs.plan import list_runs
+
     monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+    yield tmp_path / "home"
+    for run in list_runs():
+        if run["status"] == "running" and run["pid"]:
+            os.killpg(run["pid"], signal.SIGKILL)
 
 
 def load_case(app, tmp_path, which="small"):

@@ -22,7 +22,7 @@ from contrastseg.runs.memory import check_gpu, fitting_batch, training_bytes
 from contrastseg.runs.plan import RunRequest, make_plan, preflight, run_status
 from contrastseg.train.loop import train
 from contrastseg.train.settings import RefinedSettings
-from realdata import TS, needs_data
+from realdata import TS, needs_data, needs_default_model
 from tiny_model import TINY_REFINED, build_tiny_model
 
 CT, SEG = TS / "example_ct_sm.nii.gz", TS / "example_seg.nii.gz"
@@ -196,3 +196,20 @@ def _cwd(proc: Path):
         return Path(os.readlink(proc / "cwd"))
     except OSError:
         return None
+
+
+@needs_data
+@needs_default_model()
+def test_finetuning_the_default_model_continues_from_it(tmp_path):
+    """A short run from the default model keeps its quality: the whole refined network (encoder and decoder)
+    is continued, not restarted, and the before/after numbers in the card say so."""
+    ds = tmp_path / "ds"
+    add_entry(ds, TS / "example_ct.nii.gz", TS / "example_seg_fast_force_split.nii.gz", id_map="totalsegmentator", case="train")
+    add_entry(ds, CT, SEG, id_map="totalsegmentator", case="held-out")
+    run_dir, plan = make_plan(RunRequest(ds, steps=10, batch=4, device="cpu", threads=2, validation=1, name="ft-default"))
+    assert [d["id"] for d in plan["data"]["validation"]] == ["held-out-v1"]
+    assert main(["run", "start", str(run_dir), "--progress", "none"]) == 0
+    val = store.show("ft-default")["card"]["validation"]
+    base, new = val["base"], val["model"]
+    assert base["organs"]["liver"] > 0.7, base
+    assert new["mean_dice"] >= base["mean_dice"] - 0.05 and new["organs"]["liver"] >= base["organs"]["liver"] - 0.05, val
