@@ -13,7 +13,7 @@ import slicer
 
 from contrastseg.errors import ContrastSegError
 
-from .parameter import DEVICES, FINETUNE, PRETRAIN_FINETUNE
+from .parameter import PRETRAIN_FINETUNE
 from .runs import RunMonitor, validation_text
 
 POLL_MS = 500
@@ -32,8 +32,7 @@ class Panel:
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
-        ui.stagesComboBox.addItems([FINETUNE, PRETRAIN_FINETUNE])
-        ui.deviceComboBox.addItems(list(DEVICES))
+        # the stages and device lists are filled by the parameter node (their Choice annotations)
         folder = qt.QSettings().value(SETTINGS_KEY) or str(logic.datasetFolder())
         ui.datasetPathLineEdit.currentPath = folder
         logic.dataset = Path(folder)
@@ -168,8 +167,8 @@ class Panel:
             return
         if check.suggested_batch and slicer.util.confirmYesNoDisplay(
                 f"{' '.join(check.warnings)}.\n\nUse batch {check.suggested_batch}?"):
-            self.params.training.batch = check.suggested_batch
-            settings = self.settings()
+            settings.batch = check.suggested_batch
+            self.params.training.batch = check.suggested_batch  # shown in the panel too
         self.ui.guardLabel.setText(" ".join(check.warnings))
         with slicer.util.tryWithErrorDisplay("Could not start the run.", waitCursor=True):
             self.follow(self.logic.launch(settings))
