@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from ..dataset import PreparedCase, entries, prepare_case
@@ -27,17 +28,30 @@ def _crop3d(arr: np.ndarray, start: np.ndarray, size: tuple[int, int, int]) -> n
     return out
 
 
-def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction: float, fg_coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A random crop, centred on a random organ voxel with probability `fg_fraction`; light intensity jitter."""
+def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction: float, fg_coords: np.ndarray,
+                augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop, centred on a random organ voxel with probability `fg_fraction`.
+
+    With only a few training CTs the model must not learn one scanner's sizes and contrast: the crop is
+    taken at a random scale (0.8-1.25, resized back, so organs appear larger or smaller) and its intensities
+    get a random gamma (0.6-1.6, brighter or darker enhancement), contrast, offset and noise.
+    """
     shape = np.array(case.image.shape)
     if len(fg_coords) and rng.random() < fg_fraction:
         centre = fg_coords[rng.integers(len(fg_coords))]
     else:
         centre = rng.integers(0, shape)
-    start = np.asarray(centre) - np.asarray(size) // 2 + rng.integers(-8, 9, size=3)
-    img = _crop3d(case.image, start, size)
-    lab = _crop3d(case.labels, start, size)
-    img = img * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05) + rng.normal(0, 0.02, size=img.shape).astype(np.float32)
+    scale = rng.uniform(0.8, 1.25) if augment else 1.0
+    src_size = tuple(max(4, int(round(c * scale))) for c in size)
+    start = np.asarray(centre) - np.asarray(src_size) // 2 + rng.integers(-8, 9, size=3)
+    img = _crop3d(case.image, start, src_size)
+    lab = _crop3d(case.labels, start, src_size)
+    if src_size != tuple(size):
+        img = F.interpolate(torch.from_numpy(img)[None, None], size=tuple(size), mode="trilinear", align_corners=False)[0, 0].numpy()
+        lab = F.interpolate(torch.from_numpy(lab)[None, None].float(), size=tuple(size), mode="nearest")[0, 0].numpy().astype(np.uint8)
+    if augment:
+        img = np.clip(img, 0, None) ** rng.uniform(0.6, 1.6)
+        img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08) + rng.normal(0, 0.02, size=img.shape)
     return img.astype(np.float32), lab
 
 
@@ -78,7 +92,7 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
 
     def step(rng: np.random.Generator) -> torch.Tensor:
         picks = rng.integers(len(cases), size=settings.batch)
-        pairs = [sample_crop(cases[i], settings.crop, rng, settings.foreground_fraction, fg[i]) for i in picks]
+        pairs = [sample_crop(cases[i], settings.crop, rng, settings.foreground_fraction, fg[i], settings.augment) for i in picks]
         x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
         y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64)).to(device)
         return loss_fn(net(x), y)

@@ -13,10 +13,11 @@ class CoarseSettings:
     channels: tuple[int, ...] = (8, 16, 32, 64)  # light: about 1 s per training step on 2 CPU threads
     crop: tuple[int, int, int] = (48, 80, 80)  # z, y, x voxels of the coarse grid
     batch: int = 2
-    steps: int = 800
+    steps: int = 1200
     lr: float = 2e-3
     seed: int = 0
     foreground_fraction: float = 0.7
+    augment: bool = True  # random scale, gamma, contrast and noise (see train.coarse.sample_crop)
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
 
 
