@@ -11,33 +11,24 @@ The process runner is injected, so tests can use the real `EngineProcess` or a s
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ContrastSegLib.process import EngineEvent, EngineProcess, engine_command
-from contrastseg import store
+from ContrastSegLib.segmentation import SegmentationLogic, slicer_python
 from contrastseg.runs.plan import LAUNCH, LOG, STREAM, RunRequest, list_runs, make_plan, preflight, read_state, run_status
 
 STAGE_NAMES = {"pretrain": "pretraining", "finetune": "fine-tuning", "validate": "validating", "register": "registering"}
 
 
-def engine_python() -> str:
-    """PythonSlicer inside Slicer (same packages, no GUI); this interpreter elsewhere."""
-    return shutil.which("PythonSlicer") or sys.executable
-
-
 def engine_env() -> dict:
-    """The engine process's extra environment: the engine on PYTHONPATH, the same CONTRASTSEG_HOME as Slicer."""
-    import contrastseg
+    """The engine process's extra environment: the ContrastSeg module's (the bundled engine on PYTHONPATH).
 
-    engine_dir = Path(contrastseg.__file__).resolve().parents[1]
-    path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": str(engine_dir) + (os.pathsep + path if path else ""), "CONTRASTSEG_HOME": str(store.home())}
+    CONTRASTSEG_HOME is inherited: both modules set it for Slicer's process (ContrastSegLib.use_engine_home).
+    """
+    return SegmentationLogic.engine_env()
 
 
 @dataclass
@@ -188,7 +179,7 @@ class RunLogic:
 
     def _start(self, run_dir: Path, on_update=None) -> RunMonitor:
         monitor = RunMonitor(Path(run_dir), on_update=on_update)
-        command = engine_command("run", "start", str(run_dir), "--progress", "json", python=self.python or engine_python())
+        command = engine_command("run", "start", str(run_dir), "--progress", "json", python=self.python or slicer_python())
         stream = Path(run_dir) / STREAM
         # a resumed run appends to its stream; reading it from the start redraws the whole loss curve
         process = self.runner(command=command, on_event=monitor.on_event, env=engine_env(), detached=True, stream_file=stream)
