@@ -98,12 +98,13 @@ class RunMonitor:
         self.status = status["status"] if self.process is None else "running"
         self.model = state.get("model") or self.model
         self.validation = state.get("validation") or self.validation
-        if self.status == "failed":
+        if self.status in ("failed", "interrupted"):
             self.error = state.get("message") or self.error
-            if not self.error and self.process is None:
+            if not self.error and self.process is None:  # it died before saying why: its stderr may
                 err = self.run_dir / "progress.stderr.txt"
-                lines = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()] if err.exists() else []
-                self.error = lines[-1] if lines else None
+                lines = err.read_text(errors="replace").splitlines() if err.exists() else []
+                lines = [ln for ln in lines if "Error" in ln or "error:" in ln]  # not library warnings
+                self.error = lines[-1].strip() if lines else None
         if self.status == "done":
             self.fraction, self.eta = 1.0, None
 
@@ -123,7 +124,7 @@ class RunMonitor:
             return f"Done: model '{self.model}' registered. {validation_text(self.validation)}"
         if self.status in ("failed", "interrupted", "cancelled"):
             what = {"failed": "Failed", "interrupted": "Interrupted (Slicer or the computer stopped it)", "cancelled": "Cancelled"}
-            return f"{what[self.status]}{': ' + self.error if self.error and self.status == 'failed' else ''}. It can be resumed."
+            return f"{what[self.status]}{': ' + self.error if self.error and self.status != 'cancelled' else ''}. It can be resumed."
         if not self.stage:
             return "Starting the engine (loading PyTorch)..."
         text = f"{STAGE_NAMES.get(self.stage, self.stage).capitalize()}: {self.fraction * 100:.0f}%"
