@@ -196,3 +196,28 @@ def test_every_widget_the_panel_uses_is_in_the_ui_file():
     assert used and used <= names, sorted(used - names)
     cmake = (REPO / "ContrastSegTraining" / "CMakeLists.txt").read_text()
     assert "Resources/UI/${MODULE_NAME}.ui" in cmake and "${MODULE_NAME}Lib/*.py" in cmake
+
+
+def test_parameter_bindings_fit_parameterNodeWrapper_connectors():
+    """Each field bound in widget.py goes to a widget its parameterNodeWrapper connector accepts."""
+    import typing
+
+    code = (REPO / "ContrastSegTraining" / "ContrastSegTrainingLib" / "widget.py").read_text()
+    widgets = {w.get("name"): w.get("class") for w in
+               ET.parse(REPO / "ContrastSegTraining" / "Resources" / "UI" / "ContrastSegTraining.ui").iter("widget")}
+    bindings = dict(re.findall(r'"training\.(\w+)": self\.ui\.(\w+)', code))
+    assert len(bindings) >= 8
+    hints = typing.get_type_hints(TrainingSettings, include_extras=True)
+    for field, widget in bindings.items():
+        base = typing.get_args(hints[field])[0] if typing.get_origin(hints[field]) else hints[field]
+        cls = widgets[widget]
+        if base is int:
+            assert cls == "QSpinBox", (field, cls)
+        elif cls == "QComboBox":  # a combo box needs the Choice annotation, with the default among the choices
+            choices = [a for a in typing.get_args(hints[field])[1:] if hasattr(a, "choices")]
+            assert choices and getattr(TrainingSettings(), field) in choices[0].choices, field
+        else:
+            assert (base, cls) == (str, "QLineEdit"), (field, cls)
+    for node_field in ("volume", "segmentation", "compareVolume"):
+        widget = re.search(rf'"{node_field}": self\.ui\.(\w+)', code).group(1)
+        assert widgets[widget] == "qMRMLNodeComboBox"
