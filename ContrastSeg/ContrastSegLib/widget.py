@@ -158,10 +158,9 @@ class Panel:
             slicer.app.processEvents()
 
         try:
-            with slicer.util.WaitCursor():
-                ok = self.installLogic.install(
-                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "ContrastSeg: install requirements"),
-                    on_step=step)
+            ok = self.installLogic.install(
+                confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "ContrastSeg: install requirements"),
+                on_step=step)
         except Exception as err:  # noqa: BLE001 - shown in the panel, with pip's details in the console
             self.showError(f"Installing the Python requirements failed: {err}")
             return False
@@ -216,6 +215,9 @@ class Panel:
             if self.params is not None:
                 self.params.segmentation = run.result_node
             self.ui.correctCollapsibleButton.collapsed = False
+            threeD = slicer.app.layoutManager().threeDWidget(0) if slicer.app.layoutManager() else None
+            if threeD is not None and run.settings.show3D:
+                threeD.threeDView().resetFocalPoint()  # centre the 3D view on the organs
         elif run.state == "failed":
             self.showError(run.error or "The segmentation failed.")
         self.updateButtons()
