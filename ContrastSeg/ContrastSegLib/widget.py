@@ -32,6 +32,7 @@ class Panel:
         self.run: SegmentationRun | None = None
         self._shown = None  # the segmentation node the editor shows
         self._noOrgans = False
+        self._organRows = list(ORGANS)  # the organs listed in the organs combo box, in its order
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
@@ -66,8 +67,7 @@ class Panel:
             "settings.show3D": self.ui.show3DCheckBox,
             "settings.threads": self.ui.threadsSpinBox,
         })
-        self.fillModels()
-        self.fillOrgans()
+        self.fillModels()  # and the organs of the chosen model
         self.setupSegmentEditor()
         self.updateButtons()
 
@@ -92,31 +92,39 @@ class Panel:
         combo.setCurrentIndex(index)
         combo.blockSignals(False)
         self.params.settings.model = combo.itemData(index) or ""
+        self.fillOrgans()
 
     def onModelChanged(self, index: int) -> None:
         if self.params is not None:
             self.params.settings.model = self.ui.modelComboBox.itemData(index) or ""
+            self.fillOrgans()
 
     def fillOrgans(self) -> None:
+        """The organs the selected model covers (from its card), checked as the settings say (all if empty)."""
+        from .parameter import SegmentSettings
+
+        covered = set(self.logic.organs_for(SegmentSettings(model=self.params.settings.model)))
+        self._organRows = [o for o in ORGANS if o.id in covered]
+        chosen = {k for k in self.params.settings.organs.split(",") if k} & {o.key for o in self._organRows}
         combo = self.ui.organsComboBox
-        chosen = {k for k in self.params.settings.organs.split(",") if k}
         combo.blockSignals(True)
         combo.clear()
-        for organ in ORGANS:
+        for organ in self._organRows:
             combo.addItem(organ.name)
         model = combo.checkableModel()
-        for row, organ in enumerate(ORGANS):
+        for row, organ in enumerate(self._organRows):
             state = qt.Qt.Checked if not chosen or organ.key in chosen else qt.Qt.Unchecked
             combo.setCheckState(model.index(row, 0), state)
         combo.blockSignals(False)
+        self.onOrgansChanged()
 
     def onOrgansChanged(self) -> None:
         if self.params is None:
             return
         combo = self.ui.organsComboBox
         model = combo.checkableModel()
-        keys = [o.key for row, o in enumerate(ORGANS) if combo.checkState(model.index(row, 0)) == qt.Qt.Checked]
-        self.params.settings.organs = "" if len(keys) == len(ORGANS) else ",".join(keys)
+        keys = [o.key for row, o in enumerate(self._organRows) if combo.checkState(model.index(row, 0)) == qt.Qt.Checked]
+        self.params.settings.organs = "" if len(keys) == len(self._organRows) else ",".join(keys)
         self._noOrgans = not keys
         self.updateButtons()
 
