@@ -255,8 +255,10 @@ def test_keep_coarse_puts_refined_beside_it(slicer_app, label_files):
 
     volume = slicer_app.load_volume(CT_SM, "ct")
     logic = scripted_logic(REFINED_SCRIPT, label_files)
-    run = logic.wait(logic.start(volume, SegmentSettings(keepCoarse=True, show3D=False)), interval=0)
+    run = logic.wait(logic.start(volume, SegmentSettings(keepCoarse=True, show3D=True)), interval=0)
     assert run.state == "done" and run.result_node is not run.coarse_node
+    assert run.result_node.GetSegmentation().ContainsRepresentation("Closed surface")  # the final one in 3D
+    assert not run.coarse_node.GetSegmentation().ContainsRepresentation("Closed surface")  # not worth seconds
     assert names(slicer_app) == ["ct segmentation", "ct segmentation (coarse)"]
     coarse = sitk.GetArrayFromImage(sitk.ReadImage(str(label_files["coarse"])))
     assert np.array_equal(nodes.labelmap_array(run.coarse_node, volume), coarse)

@@ -225,9 +225,9 @@ class SegmentationLogic:
         is_final = _same_path(path, run.output_path)
         if not is_final and not (run.coarse_path and _same_path(path, run.coarse_path)):
             return  # overlays and other side outputs are not shown
-        if not is_final:  # the coarse map of a coarse-then-refined run
+        if not is_final:  # the coarse map of a coarse-then-refined run: slice views only, at once
             run.coarse_node = nodes.load_labels(path, volume, run.organs, run.coarse_node, f"{base} segmentation (coarse)")
-            self._finish_node(run, run.coarse_node, "coarse")
+            self._finish_node(run, run.coarse_node, "coarse", surfaces=False)
             return
         stage = "coarse" if coarse_only(run.settings) else "refined"
         if run.coarse_node is not None and not run.settings.keepCoarse:
@@ -237,11 +237,13 @@ class SegmentationLogic:
         run.result_node = nodes.load_labels(path, volume, run.organs, target, f"{base} segmentation")
         self._finish_node(run, run.result_node, stage)
 
-    def _finish_node(self, run: SegmentationRun, node, stage: str) -> None:
+    def _finish_node(self, run: SegmentationRun, node, stage: str, surfaces: bool = True) -> None:
+        """Tag the node with its provenance; build 3D surfaces for the final result only: surfaces of a
+        full-size CT take seconds of the GUI thread, which the coarse map (replaced soon) is not worth."""
         node.SetAttribute("ContrastSeg.Stage", stage)
         node.SetAttribute("ContrastSeg.Model", run.settings.model.strip() or "default")
         node.SetAttribute("ContrastSeg.SourceVolume", run.volume_node.GetID())
-        if run.settings.show3D:
+        if run.settings.show3D and surfaces:
             nodes.show_3d(node)
 
     def _finish(self, run: SegmentationRun) -> None:
