@@ -160,6 +160,12 @@ class EngineProcess:
         self.cancelled = True
         if self.pid is None or not self.running():
             return
+        if os.name == "nt":  # Windows has no process groups (nor killpg): taskkill /T ends the tree
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.pid)], capture_output=True)
+            if self.proc is not None:
+                self.proc.wait()
+            self.poll()
+            return
         try:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
