@@ -116,10 +116,11 @@ class SegmentationLogic:
         settings = copy_settings(settings or SegmentSettings())
         if volume_node is None:
             raise ValueError("select a CT volume first")
+        organs = self.organs_for(settings)  # an unknown organ name fails here, before anything is written
         owns = work_dir is None
         work = Path(tempfile.mkdtemp(prefix="ContrastSeg-")) if owns else Path(work_dir)
         work.mkdir(parents=True, exist_ok=True)
-        run = SegmentationRun(volume_node, settings, work, owns, organs=self.organs_for(settings), on_update=on_update)
+        run = SegmentationRun(volume_node, settings, work, owns, organs=organs, on_update=on_update)
         try:
             run.input_path = nodes.write_volume(volume_node, work / "input.nrrd")
             run.output_path = work / "segmentation.nii.gz"
