@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from contrastseg.models.files import load_model, save_stage, write_card
+from contrastseg.models.files import load_model, read_card, save_stage, write_card
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "Resources" / "Models" / "default"
@@ -32,8 +32,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path)
     ap.add_argument("--eval", type=Path, default=None, help="folder of case*-{coarse,refined}.json from the evaluation")
+    ap.add_argument("--coarse", type=Path, default=None,
+                    help="take the coarse network (and its training record) from this model instead")
+    ap.add_argument("--coarse-start", type=Path, default=None,
+                    help="the model that --coarse was initialised from (--init), recorded in the card")
     args = ap.parse_args()
     model = load_model(args.model)
+    if args.coarse:
+        other = load_model(args.coarse, ("coarse",))
+        model.coarse = other.coarse
+        record = dict(other.card["training"]["coarse"])
+        if args.coarse_start:
+            record["started_from"] = read_card(args.coarse_start)["training"]["coarse"]
+        model.card = dict(model.card, coarse=other.card["coarse"],
+                          training=dict(model.card.get("training", {}), coarse=record))
     TARGET.mkdir(parents=True, exist_ok=True)
     card = dict(model.card, name="default", version="0.1.0", notes=NOTES, license="Apache-2.0",
                 coarse=dict(model.card["coarse"], weights=save_stage(TARGET, "coarse", model.coarse, half=True)),
