@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from .errors import ContrastSegError
 from .io import check_ct
@@ -73,6 +74,26 @@ def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed:
     return probs[0].cpu().numpy()
 
 
+def clean_components(labels: np.ndarray, organs: list[int], keep_fraction: float = 0.2) -> np.ndarray:
+    """Drop each organ's connected components smaller than `keep_fraction` of its largest one.
+
+    A coarse model's stray specks would otherwise stretch an organ's attention box across the volume (and
+    the refined stage's cost with it); an organ in two large pieces keeps both.
+    """
+    out = labels.copy()
+    for organ in organs:
+        mask = labels == organ
+        if not mask.any():
+            continue
+        cc, n = ndimage.label(mask)
+        if n < 2:
+            continue
+        sizes = np.bincount(cc.ravel())[1:]
+        small = np.nonzero(sizes < keep_fraction * sizes.max())[0] + 1
+        out[np.isin(cc, small)] = 0
+    return out
+
+
 def _probs_to_grid(probs: np.ndarray, grid: sitk.Image, target: sitk.Image, channels: list[int]) -> np.ndarray:
     """Linear resampling of selected probability channels from `grid` to `target`; then argmax -> labels."""
     out = np.zeros((len(channels),) + tuple(reversed(target.GetSize())), dtype=np.float32)
@@ -95,8 +116,8 @@ def refine(net, image: np.ndarray, attention: np.ndarray, organs: list[int], dev
            margin: int = 16, progress: Progress | None = None) -> np.ndarray:
     """Organ-attention refinement with vote fusion (METHODS §1.3-1.5), on one grid; returns (z, y, x) labels.
 
-    For each organ C, every axial slice of C's attention box (C's attention voxels plus `margin` pixels) is
-    one fully convolutional patch: input (image, attention == C), output foreground/background. Inside its
+    For each organ C, each axial slice holding C's attention is one fully convolutional patch: the box of C's
+    attention (plus `margin` pixels) over a batch of up to REFINE_BATCH such slices: input (image, attention == C), output foreground/background. Inside its
     patch the organ votes +1 for foreground and -1 for background; background has a constant 0 and wins ties
     (the argmax takes the first maximum, and background is first).
     """
@@ -108,10 +129,11 @@ def refine(net, image: np.ndarray, attention: np.ndarray, organs: list[int], dev
     for c in present:
         index = organs.index(c) + 1
         att = attention == c
-        zsl, ysl, xsl = _bbox(att, margin, image.shape[1:])
-        z_idx = np.nonzero(att[zsl].any(axis=(1, 2)))[0] + zsl.start
+        z_idx = np.nonzero(att.any(axis=(1, 2)))[0]
         for start in range(0, len(z_idx), REFINE_BATCH):
             zb = z_idx[start:start + REFINE_BATCH]
+            # the box of these slices only: an organ's cross-section changes a lot along z
+            _, ysl, xsl = _bbox(att[zb], margin, image.shape[1:])
             x = np.stack([image[zb, ysl, xsl], att[zb, ysl, xsl].astype(np.float32)], axis=1)
             xt, sizes = _pad_to(torch.from_numpy(x).to(device), net.divisor)
             with autocast:
@@ -154,7 +176,10 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     prog.begin("coarse", "3D U-Net")
     net = model.coarse.to(device)
     probs = coarse_probabilities(net, low.array, device, organs, prog)
-    coarse_low = np.asarray([0, *organs], dtype=np.uint8)[probs[[0, *organs]].argmax(0)]
+    coarse_low = clean_components(np.asarray([0, *organs], dtype=np.uint8)[probs[[0, *organs]].argmax(0)], organs)
+    for c in organs:  # attention follows the cleaned coarse map: removed specks become background
+        dropped = (coarse_low != c) & (probs[[0, *organs]].argmax(0) == organs.index(c) + 1)
+        probs[c][dropped] = 0.0
     coarse = _to_input_grid(coarse_low, low.grid, image)
     timings["coarse"] = time.perf_counter() - t
     if on_coarse is not None:
