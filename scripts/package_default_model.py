@@ -34,8 +34,8 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, default=None, help="folder of case*-{coarse,refined}.json from the evaluation")
     ap.add_argument("--coarse", type=Path, default=None,
                     help="take the coarse network (and its training record) from this model instead")
-    ap.add_argument("--coarse-start", type=Path, default=None,
-                    help="the model that --coarse was initialised from (--init), recorded in the card")
+    ap.add_argument("--coarse-start", type=Path, action="append", default=[],
+                    help="the models --coarse was initialised from (--init), newest first; recorded in the card")
     args = ap.parse_args()
     model = load_model(args.model)
     if args.coarse:
@@ -43,7 +43,7 @@ def main() -> None:
         model.coarse = other.coarse
         record = dict(other.card["training"]["coarse"])
         if args.coarse_start:
-            record["started_from"] = read_card(args.coarse_start)["training"]["coarse"]
+            record["started_from"] = [read_card(p)["training"]["coarse"] for p in args.coarse_start]
         model.card = dict(model.card, coarse=other.card["coarse"],
                           training=dict(model.card.get("training", {}), coarse=record))
     TARGET.mkdir(parents=True, exist_ok=True)
