@@ -86,7 +86,7 @@ def test_unlabelled_cts_take_attention_from_a_coarse_model(tmp_path, capsys):
     assert main(["pretrain", str(data), "--strategy", "simclr", "--run", str(tmp_path / "r"), "--max-steps", "1",
                  "--attention", str(model), *SMALL]) == 0
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["data"][0]["attention"] == "coarse model model"
+    assert config["data"][0]["attention"] == f"coarse model {model.resolve()}"
     assert list((data / ".cache" / "attention").glob("*.nii.gz"))
 
 

@@ -5,8 +5,11 @@ and the numbers. Resumable: a step whose output exists is skipped; delete work/p
     python scripts/pretrain_experiment.py --base work/default/coarse/model
 
 Data (all read in place from ../shared/data; nothing is copied):
-  pretraining: every CT, no labels: TotalSegmentator example_ct and its 20-slice DICOM series, IRCAD patient 1
-               (phase "contrast" from its README; the others' phase is estimated from the aorta). Organ attention
+  pretraining: every CT, no labels: TotalSegmentator example_ct and its 20-slice DICOM series, IRCAD patient 1.
+               Phases in the manifest: IRCAD "contrast" (its README); example_ct "non-contrast" and the DICOM
+               series "contrast": the aorta's median HU in their TotalSegmentator label maps (41 and 151 HU,
+               `contrastseg.pretrain.data.estimate_phase`), written down because the base coarse model finds no
+               aorta in them to estimate from (supcon-mt and ce refuse a CT without a phase). Organ attention
                for all three comes from the base coarse model (`--attention`), as at inference. IRCAD's CT is the
                test image: using it unlabelled for self-supervised pretraining is transductive (stated in
                the results); its masks are used only by `contrastseg evaluate`.
@@ -42,8 +45,10 @@ def manifests(work: Path) -> tuple[Path, Path]:
         folder.mkdir(parents=True, exist_ok=True)
     src = "public file read in place from ../shared/data"
     (pre / "manifest.json").write_text(json.dumps({"format": "contrastseg-dataset/1", "entries": [
-        {"id": "ts-example-ct", "image": str(TS / "example_ct.nii.gz"), "labels": None, "source": f"TotalSegmentator (Apache-2.0), {src}"},
-        {"id": "ts-example-dicom", "image": str(TS / "example_ct_dicom"), "labels": None, "source": f"TotalSegmentator (Apache-2.0), {src}"},
+        {"id": "ts-example-ct", "image": str(TS / "example_ct.nii.gz"), "labels": None, "phase": "non-contrast",
+         "source": f"TotalSegmentator (Apache-2.0), {src}"},
+        {"id": "ts-example-dicom", "image": str(TS / "example_ct_dicom"), "labels": None, "phase": "contrast",
+         "source": f"TotalSegmentator (Apache-2.0), {src}"},
         {"id": "ircad-patient1", "image": str(IRCAD / "PATIENT_DICOM"), "labels": None, "phase": "contrast",
          "source": f"3D-IRCADb-01 patient 1 (CC BY-NC-ND 4.0), {src}"}]}, indent=1))
     (fine / "manifest.json").write_text(json.dumps({"format": "contrastseg-dataset/1", "entries": [
@@ -52,7 +57,7 @@ def manifests(work: Path) -> tuple[Path, Path]:
     return pre, fine
 
 
-def oracle_dice(model_dir: Path, out: Path, slice_step: int = 3, seed: int = 0) -> dict:
+def oracle_dice(model_dir: Path, out: Path, slice_step: int = 4, seed: int = 0) -> dict:
     """Refined network alone, given IRCAD's own masks as attention, perturbed like a coarse mask.
 
     The coarse model decides which organs the pipeline can find at all (a missed organ has no attention and
@@ -143,6 +148,34 @@ class Runner:
         return seconds
 
 
+def markdown(table: dict, times: dict) -> str:
+    """The results as markdown tables (pipeline Dice, refined-alone Dice, CPU seconds per arm)."""
+    keys = ["spleen", "right_kidney", "left_kidney", "liver", "aorta", "inferior_vena_cava", "portal_splenic_vein"]
+    short = ["spleen", "R kid", "L kid", "liver", "aorta*", "IVC*", "portal"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| arm | " + " | ".join(short) + " | mean |", "| --- |" + " --- |" * (len(keys) + 1)]
+    for arm, row in table.items():
+        if row["mean_dice"] is None:
+            continue
+        lines.append(f"| {arm} | " + " | ".join(f(row["dice"].get(k)) for k in keys) + f" | **{f(row['mean_dice'])}** |")
+    oracle = [(a, r["oracle"]) for a, r in table.items() if "oracle" in r]
+    if oracle:
+        lines += ["", "| arm (refined network alone, perturbed manual attention) | " + " | ".join(short) + " | mean |",
+                  "| --- |" + " --- |" * (len(keys) + 1)]
+        first = oracle[0][1]
+        lines.append("| *copy the attention (reference)* | " + " | ".join(f(first["organs"][k]["copy"]) for k in keys)
+                     + f" | *{f(first['mean_copy'])}* |")
+        for arm, o in oracle:
+            lines.append(f"| {arm} | " + " | ".join(f(o["organs"][k]["dice"]) for k in keys) + f" | **{f(o['mean_dice'])}** |")
+    lines += ["", "| step | wall s | CPU s |", "| --- | --- | --- |"]
+    total = 0.0
+    for name, rec in times.items():
+        lines.append(f"| {name} | {rec.get('seconds', '-')} | {rec.get('cpu_seconds', '-')} |")
+        total += rec.get("cpu_seconds") or 0.0
+    lines.append(f"| **total** | | **{total:.0f}** |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=REPO / "work" / "pretrain-exp")
@@ -157,6 +190,8 @@ def main() -> int:
     ap.add_argument("--coarse-crop", default="32,64,64")
     ap.add_argument("--strategies", default=",".join(ENCODER_STRATEGIES))
     ap.add_argument("--skip-voxel", action="store_true")
+    ap.add_argument("--seed-check", default="random:2,simclr:1,ce:1",
+                    help="extra fine-tunes NAME:SEED scored by refined-alone Dice only: is a difference larger than seed noise?")
     ap.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the refined-network-alone Dice")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
@@ -220,6 +255,14 @@ def main() -> int:
                 r / "model" / "card.json", 0)
             score(label, r / "model", coarse_only=True)
 
+    for spec in filter(None, args.seed_check.split(",")):  # more seeds, refined-alone Dice only (no segment/evaluate)
+        name, seed = spec.split(":")
+        r = work / f"finetune-{name}-s{seed}" if name != "random" else work / f"finetune-random-s{seed}"
+        arm = r.name[len("finetune-"):]
+        init = [] if name == "random" else ["--init", str(work / f"pretrain-{name}" / "encoder.safetensors")]
+        run(f"finetune-{arm}", ["finetune", str(fine), "--run", str(r), *init, "--seed", seed, *ft, *t], r / "model" / "card.json", int(seed))
+        arms[arm] = work / "pred" / f"{arm}.dice.json"
+
     if args.oracle:
         for arm in [a for a in arms if not a.startswith(("base", "coarse"))]:
             out = work / "pred" / f"{arm}.oracle.json"
@@ -231,14 +274,15 @@ def main() -> int:
                     f.write(json.dumps({"name": f"oracle-{arm}", **run.times[f"oracle-{arm}"]}) + "\n")
     table = {}
     for arm, path in arms.items():
-        if path.exists():
-            m = json.loads(path.read_text())
+        m = json.loads(path.read_text()) if path.exists() else {"mean_dice": None, "organs": {}}
+        if path.exists() or (work / "pred" / f"{arm}.oracle.json").exists():
             table[arm] = {"mean_dice": m["mean_dice"], "dice": {k: v["dice"] for k, v in m["organs"].items()}}
             oracle = work / "pred" / f"{arm}.oracle.json"
             if oracle.exists():
                 table[arm]["oracle"] = json.loads(oracle.read_text())
     (work / "results.json").write_text(json.dumps({"arms": table, "failed": failed, "times": run.times, "settings": vars(args)},
                                                   indent=1, default=str))
+    (work / "results-tables.md").write_text(markdown(table, run.times))
     print(json.dumps({a: round(v["mean_dice"], 3) if v["mean_dice"] is not None else None for a, v in table.items()}, indent=1))
     return 0
 

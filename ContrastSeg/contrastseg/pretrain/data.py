@@ -133,7 +133,7 @@ def load_entries(dataset: Path, strategy: str, needs: Needs, attention_model: Pa
     for e in items:
         if attention_model is not None and (needs.attention or needs.optional_attention or needs.phase):
             att = coarse_attention(e, attention_model, cache, device)
-            pe = PretrainEntry(replace(e, labels=att, id_map=None), f"coarse model {Path(attention_model).name}", e.phase, None)
+            pe = PretrainEntry(replace(e, labels=att, id_map=None), f"coarse model {Path(attention_model).resolve()}", e.phase, None)
         elif e.labels is not None:
             pe = PretrainEntry(e, "labels", e.phase, None)
         else:
