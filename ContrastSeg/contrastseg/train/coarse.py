@@ -91,6 +91,7 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
     for c in cases:
         c.labels = allowed[c.labels]
     fg = [np.argwhere(c.labels > 0) for c in cases]
+    torch.manual_seed(settings.seed)  # the same --seed gives the same starting weights
     net = init if init is not None else build_coarse({"channels": settings.channels})
     net = net.to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-5)

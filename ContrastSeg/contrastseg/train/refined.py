@@ -70,6 +70,7 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
     pairs = [(ci, organ) for ci, idx in enumerate(indexes) for organ in idx.coords]
     if not pairs:
         raise ContrastSegError(f"no labelled organ of {organs} found in dataset {dataset}")
+    torch.manual_seed(settings.seed)  # the same --seed gives the same starting weights
     net = build_refined(settings.card()).to(device)
     if init is not None:
         load_encoder(net, init)
