@@ -16,19 +16,8 @@ from ContrastSegLib.parameter import SegmentSettings
 from ContrastSegLib.process import EngineProcess
 from ContrastSegLib.segmentation import SegmentationLogic, slicer_python
 
-try:
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                               ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-except ImportError:  # slicer-core: no Qt, no application
-    ScriptedLoadableModule = ScriptedLoadableModuleWidget = ScriptedLoadableModuleTest = object
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    def parameterNodeWrapper(cls):
-        return cls
+from ContrastSegLib.slicer_base import (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest,
+                                        ScriptedLoadableModuleWidget, parameterNodeWrapper)
 
 SAMPLE_NAME = "ContrastSeg sample CT"
 ICON = Path(__file__).parent / "Resources" / "Icons" / "ContrastSeg.png"

@@ -17,19 +17,8 @@ from ContrastSegLib.process import EngineProcess
 from ContrastSegLib.segmentation import slicer_python
 from ContrastSegTrainingLib.parameter import TrainingSettings, run_request
 
-try:
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                               ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-except ImportError:  # slicer-core: no Qt, no application
-    ScriptedLoadableModule = ScriptedLoadableModuleWidget = ScriptedLoadableModuleTest = object
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    def parameterNodeWrapper(cls):
-        return cls
+from ContrastSegLib.slicer_base import (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest,
+                                        ScriptedLoadableModuleWidget, parameterNodeWrapper)
 
 
 class ContrastSegTraining(ScriptedLoadableModule):

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from .organs import BY_ID  # noqa: E402
 from .preprocess import to_canonical  # noqa: E402
 
@@ -55,7 +55,4 @@ def render_overlay(image: sitk.Image, labels: sitk.Image, path: str | Path, coun
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95 if title else 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (never a half-written picture) and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
 def dice_bars(dice: dict[str, float], path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(dice) + 1.5), 3.2))
     names = list(dice)
@@ -23,10 +31,7 @@ def dice_bars(dice: dict[str, float], path: str | Path, title: str = "") -> Path
     for i, n in enumerate(names):
         ax.text(i, dice[n] + 0.02, f"{dice[n]:.2f}", ha="center", fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
@@ -42,7 +47,4 @@ def training_curves(history: list[dict], path: str | Path, title: str = "") -> P
         ax2.set_ylabel("learning rate", color="#dd8452")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from ..plots import save_figure  # noqa: E402
 from ..organs import BY_ID  # noqa: E402
 from .augment import center  # noqa: E402
 from .heads import pooled  # noqa: E402
@@ -50,10 +50,7 @@ def plot(points: np.ndarray, ratios: np.ndarray, organs: np.ndarray, phases: lis
         ax.legend(fontsize=6, markerscale=1.5, loc="best")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
