@@ -2,34 +2,27 @@
 
 Images keep their world geometry (spacing, origin, direction) as SimpleITK images, so a label map computed
 on any working grid can be resampled back onto the input grid and overlays it exactly in world coordinates.
+Every CT read here passes the checks of `ct_checks` (header, DICOM series, values, geometry); every file
+written goes through `outputs.atomic_path` (temporary name, fsync, read back, rename).
 """
 
 from __future__ import annotations
 
 import gzip
-import json
+import json  # noqa: F401  (tests reach json.dump through this module)
 import os
+import sys
 import zlib
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .ct_checks import check_dicom_series, check_geometry, check_nifti_header, check_values
 from .errors import ContrastSegError
 from .organs import BY_ID
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
-
-
-def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
-    """Split a path into (stem, known image suffix); '.nii.gz' and '.seg.nrrd' count as one suffix."""
-    name = str(path)
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return os.path.splitext(name)
+from .outputs import (IMAGE_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, IncompleteFile, atomic_path, captured_stderr,  # noqa: F401
+                      split_suffix, write_json)
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -47,6 +40,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         )
     # GetGDCMSeriesFileNames sorts by ImagePositionPatient along the slice normal, not by file name.
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    check_dicom_series(Path(folder), list(files))
     reader.SetFileNames(files)
     try:
         return reader.Execute()  # GDCM applies RescaleSlope / RescaleIntercept
@@ -81,6 +75,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         image = _read_dicom_series(path)
     else:
         _check_gzip_complete(path)
+        check_nifti_header(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
@@ -93,7 +88,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise ContrastSegError(
             f"{path} is not a 3D volume (size {'x'.join(map(str, image.GetSize()))}); ContrastSeg needs a CT volume of several slices"
         )
-    return sitk.Cast(image, sitk.sitkFloat32)
+    check_geometry(image, path)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    check_values(image, path)
+    return image
 
 
 def check_ct(image: sitk.Image, source: str = "input") -> None:
@@ -123,6 +121,7 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id
     if not path.exists():
         raise ContrastSegError(f"label map not found: {path}")
     _check_gzip_complete(path)
+    check_nifti_header(path)
     try:
         labels = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -183,48 +182,21 @@ def _same_region(a: sitk.Image, b: sitk.Image) -> bool:
     return bool(np.all(np.abs(world_bounds(a) - world_bounds(b)) <= tol))
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path` (same suffix) and move it onto `path` only if the block succeeds.
-
-    Readers never see a half-written file, and a failure (full disk, bad data) leaves no file behind.
-    """
-    path = Path(path)
-    if not path.parent.exists():
-        raise ContrastSegError(f"output folder does not exist: {path.parent}")
-    stem, suffix = split_suffix(path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(data: dict, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def _write_image(image: sitk.Image, tmp: Path) -> None:
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    except RuntimeError as err:
-        raise ContrastSegError(f"cannot write {tmp.name.split('.tmp')[0]}: {_first_line(err)}") from None
+    """ITK writes the temporary file; it is read back whole and compared, since ITK's NIfTI writer reports a
+    full disk only on stderr (the message is kept back: the sentence replaces it)."""
+    with captured_stderr() as said:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+            back = sitk.ReadImage(str(tmp))
+        except RuntimeError as err:
+            raise IncompleteFile(_first_line(err)) from None
+    same = (back.GetSize() == image.GetSize()
+            and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)))
+    if not same:
+        raise IncompleteFile("the voxels read back differ from those written")
+    if said and said[0].strip():
+        sys.stderr.write(said[0])
 
 
 def segment_metadata(label_ids: list[int]) -> dict[str, str]:
@@ -267,21 +239,22 @@ def write_labels(labels: sitk.Image, path: str | os.PathLike, label_ids: list[in
     """Write a BTCV label map (format by extension) and its organ table; return the paths written.
 
     `.seg.nrrd` carries the segment names, colours and terminology in its header (Slicer reads it as a
-    Segmentation); other formats get a JSON sidecar. Both files are written atomically.
+    Segmentation); other formats get a JSON sidecar. Both files are written atomically, and the label map is
+    read back and compared before it takes its name.
     """
     path = Path(path)
     stem, suffix = split_suffix(path)
-    if suffix.lower() not in IMAGE_SUFFIXES:
+    if suffix.lower() not in WRITABLE_IMAGE_SUFFIXES:
         raise ContrastSegError(f"unsupported output format '{path.name}'; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
     labels = sitk.Cast(labels, sitk.sitkUInt8)
     if suffix.lower() == ".seg.nrrd":
         labels = sitk.Image(labels)
         for key, value in segment_metadata(label_ids).items():
             labels.SetMetaData(key, value)
+    written = [path]
     with atomic_path(path) as tmp:
         _write_image(labels, tmp)
-    written = [path]
-    if suffix.lower() != ".seg.nrrd":
-        write_json(label_sidecar(label_ids), sidecar_path(path))
-        written.append(sidecar_path(path))
+        if suffix.lower() != ".seg.nrrd":  # the organ table first: it is renamed into place just before the map
+            write_json(label_sidecar(label_ids), sidecar_path(path))
+            written.append(sidecar_path(path))
     return written

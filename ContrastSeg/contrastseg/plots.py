@@ -9,14 +9,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from .outputs import atomic_path  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (never a half-written picture) and free it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    """Write a matplotlib figure as PNG atomically (never a half-written picture: it is read back to its end
+    marker before it takes its name) and free it, also when the write fails."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

@@ -31,26 +31,43 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _check_output(path: Path, what: str) -> None:
-    from ..io import IMAGE_SUFFIXES, split_suffix
+def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Every file this run will write, by the name a message calls it."""
+    from ..io import sidecar_path, split_suffix
 
-    if split_suffix(path.name)[1].lower() not in IMAGE_SUFFIXES:
+    def table(path: Path | None) -> Path | None:
+        return None if path is None or split_suffix(path.name)[1].lower() == ".seg.nrrd" else sidecar_path(path)
+
+    return {"output": args.output, "the output's organ table": table(args.output),
+            "coarse output": args.coarse_output, "the coarse output's organ table": table(args.coarse_output),
+            "overlay": args.overlay, "timings": args.timings}
+
+
+def _check_extension(path: Path, what: str) -> None:
+    from ..io import WRITABLE_IMAGE_SUFFIXES, split_suffix
+
+    if split_suffix(path.name)[1].lower() not in WRITABLE_IMAGE_SUFFIXES:
         raise ContrastSegError(f"{what} '{path}' has an unsupported extension; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
-    if not path.parent.exists():
-        raise ContrastSegError(f"the folder of {what} '{path}' does not exist")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..ct_checks import check_memory
     from ..infer import segment
     from ..io import read_image, write_labels
-    from ..models.files import load_model
+    from ..models.files import card_path, load_model, read_card
+    from ..outputs import check_outputs
 
     t_all = time.perf_counter()
-    _check_output(args.output, "output")
+    _check_extension(args.output, "output")
     if args.coarse_output:
-        _check_output(args.coarse_output, "coarse output")
-    if args.overlay and not args.overlay.parent.exists():
-        raise ContrastSegError(f"the folder of the overlay '{args.overlay}' does not exist")
+        _check_extension(args.coarse_output, "coarse output")
+    source = args.input or sample_ct()
+    model_dir = resolve(args.model)
+    card = read_card(model_dir)
+    model_files = [card_path(model_dir)] + [card_path(model_dir).parent / card[s]["weights"]
+                                            for s in ("coarse", "refined") if card.get(s)]
+    # before any computation: no output is an input (the CT, the model's files), and every folder is writable
+    check_outputs(_outputs(args), [source, *model_files])
     try:
         organs = parse_organs(args.organs)
     except ValueError as err:
@@ -61,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     device, progress = runtime(args, stages)
     progress.begin("read", "reading the CT")
     t = time.perf_counter()
-    source = args.input or sample_ct()
     image = read_image(source)
-    model = load_model(resolve(args.model), ("coarse",) if args.coarse_only else ("coarse", "refined"))
+    model = load_model(model_dir, ("coarse",) if args.coarse_only else ("coarse", "refined"))
     if args.organs is None:
         organs = model.organs
+    check_memory(image, model.card, refined=not args.coarse_only, source=source)
     t_read = time.perf_counter() - t
 
     def on_coarse(labels):

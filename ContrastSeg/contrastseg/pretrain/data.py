@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import SimpleITK as sitk
 from ..checksum import sha256
 from ..dataset import Entry, entries
 from ..errors import ContrastSegError
-from ..io import read_image, read_labels
+from ..io import atomic_path, read_image, read_labels, write_json
 
 AORTA = 8
 PHASE_HU_THRESHOLD = 150.0  # METHODS §2: contrast-enhanced when the aorta's median HU is well above ~150
@@ -87,9 +86,8 @@ def coarse_attention(entry: Entry, model_dir: Path, cache_dir: Path, device=None
     out.parent.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, ("coarse",))
     result = segment(read_image(entry.image), model, refined=False, device=device)
-    tmp = out.parent / f".{out.name[:-7]}.tmp.nii.gz"
-    sitk.WriteImage(result.labels, str(tmp), True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        sitk.WriteImage(result.labels, str(tmp), True)
     return out
 
 
@@ -108,7 +106,7 @@ def estimate_phase(entry: Entry, cache_dir: Path) -> tuple[str | None, float | N
         median = float(np.median(sitk.GetArrayViewFromImage(image)[aorta]))
         phase = CONTRAST if median > PHASE_HU_THRESHOLD else NON_CONTRAST
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"phase": phase, "aorta_median_hu": median}))
+    write_json({"phase": phase, "aorta_median_hu": median}, path)
     return phase, median
 
 

@@ -20,10 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..errors import ContrastSegError
 from ..io import write_json
+from ..outputs import write_safetensors
 from ..plots import training_curves
 from ..progress import Progress
 from ..train.loop import read_history
@@ -43,9 +43,7 @@ def save_weights(module: torch.nn.Module, path: Path, prefix: str, metadata: dic
     """A state dict as safetensors (atomically), keys prefixed, settings in the header's metadata."""
     tensors = {f"{prefix}{k}": v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
                for k, v in module.state_dict().items()}
-    tmp = path.parent / f".{path.name}.tmp"
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
-    os.replace(tmp, path)
+    write_safetensors(tensors, path, metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
     return path
 
 

@@ -1,7 +1,8 @@
 """Checkpoints as safetensors (+ JSON for counters and optimizer hyper-parameters): resumable, never pickled.
 
-A checkpoint holds the network, the optimizer's tensors and the step counter. It is written under a
-temporary name and renamed, so a run killed mid-write resumes from the previous complete checkpoint.
+A checkpoint holds the network, the optimizer's tensors and the step counter. Both files go through
+`outputs.atomic_path` (temporary name, fsync, read back, rename), so a run killed mid-write, or a full disk,
+leaves the previous complete checkpoint; a write error is one sentence.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..outputs import atomic_path, write_safetensors
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "checkpoint.json"
@@ -25,13 +28,14 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{idx}.{name}"] = t.detach().contiguous().cpu()
     meta = {"step": step, "param_groups": opt["param_groups"], **(extra or {})}
-    tmp = run_dir / f".{CHECKPOINT}.tmp"
-    save_file(tensors, str(tmp))
-    tmp_json = run_dir / f".{STATE}.tmp"
-    tmp_json.write_text(json.dumps(meta, indent=2))
-    # the JSON names the step of the tensors beside it: rename tensors first, then the JSON
-    os.replace(tmp, run_dir / CHECKPOINT)
-    os.replace(tmp_json, run_dir / STATE)
+    # the JSON names the step of the tensors beside it: both are written and read back before either is
+    # renamed; then the tensors take their name first, the JSON second
+    with atomic_path(run_dir / STATE) as tmp_json:
+        with open(tmp_json, "w") as f:
+            json.dump(meta, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        write_safetensors(tensors, run_dir / CHECKPOINT)
 
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict | None:
