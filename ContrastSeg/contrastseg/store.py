@@ -5,7 +5,9 @@ naming the model that `contrastseg segment` uses when no `--model` is given. CON
 ~/.contrastseg; the Slicer modules point it into Slicer's application data folder. Imports no torch, so
 Slicer can list models without loading the networks.
 
-Models are never overwritten or deleted: `remove` moves a model to `models/.trash/`, which listing skips.
+Models are never overwritten or deleted: `remove` moves a model to `models/.trash/`, which listing skips, and
+its name stays taken. A broken `default.json`, or one naming a model that is gone, is reported (not silently
+replaced by the bundled model) when a command needs the default.
 """
 
 from __future__ import annotations
@@ -50,19 +52,42 @@ def list_models() -> list[dict]:
             card = _read_card(folder)
             if card is not None:
                 found.append({"name": folder.name, "path": str(folder), "card": card, "bundled": False})
-    chosen = default_name()
+    chosen, _ = _default_record()
     for m in found:
         m["default"] = m["name"] == chosen
     return found
 
 
-def default_name() -> str:
-    """The store's default model: the one `models set-default` named, if it is still there, else the bundled one."""
+def _default_record() -> tuple[str, str | None]:
+    """(the default model's name, what is wrong with default.json or None); the bundled name when it is wrong."""
+    path = models_root() / "default.json"
+    if not path.exists():
+        return BUNDLED, None
     try:
-        name = json.loads((models_root() / "default.json").read_text())["name"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return BUNDLED
-    return name if name == BUNDLED or (models_root() / name / "card.json").exists() else BUNDLED
+        name = json.loads(path.read_text())["name"]
+        if not isinstance(name, str):
+            raise TypeError("the name is not a string")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        return BUNDLED, (f"the store's default-model file {path} is broken ({type(err).__name__}: {err}); "
+                         "choose the default again with `contrastseg models set-default NAME`")
+    if name != BUNDLED and not (models_root() / name / "card.json").exists():
+        return BUNDLED, (f"the store's default-model file {path} names the model '{name}', which is not in the store; "
+                         "choose the default again with `contrastseg models set-default NAME`")
+    return name, None
+
+
+def default_problem() -> str | None:
+    """What is wrong with default.json, if anything (for `models list` to report)."""
+    return _default_record()[1]
+
+
+def default_name() -> str:
+    """The store's default model: the one `models set-default` named, else the bundled one. A default.json that
+    is broken or names a model no longer in the store is refused with a sentence, not silently ignored."""
+    name, problem = _default_record()
+    if problem:
+        raise ContrastSegError(problem)
+    return name
 
 
 def resolve(name_or_path: str | os.PathLike | None) -> Path:
@@ -87,30 +112,62 @@ def check_name(name: str) -> None:
         raise ContrastSegError(f"model name '{name}' is not allowed (letters, digits, _ . -; not '{BUNDLED}')")
 
 
+def _trashed() -> set[str]:
+    trash = models_root() / TRASH
+    return {p.name.split("@")[0] for p in trash.iterdir()} if trash.exists() else set()
+
+
 def unused_name(base: str) -> str:
     """`base`, or `base-2`, `base-3`... : the first name no model (live or in the trash) has."""
-    taken = {m["name"] for m in list_models()}
-    trash = models_root() / TRASH
-    if trash.exists():
-        taken |= {p.name.split("@")[0] for p in trash.iterdir()}
+    taken = {m["name"] for m in list_models()} | _trashed()
     name, n = base, 2
     while name in taken or (models_root() / name).exists():
         name, n = f"{base}-{n}", n + 1
     return name
 
 
+def _check_copy(folder: Path, card: dict) -> None:
+    """The copied weights have the SHA-256s the card records (no torch needed)."""
+    from .checksum import sha256
+
+    for stage in ("coarse", "refined"):
+        settings = card.get(stage) or {}
+        if settings.get("sha256") and (not (folder / settings["weights"]).is_file()
+                                       or sha256(folder / settings["weights"]) != settings["sha256"]):
+            raise ContrastSegError(f"the copy of {settings['weights']} in the store does not match its card's SHA-256; "
+                                   "the model was not registered")
+
+
 def register(model_dir: Path, name: str) -> Path:
-    """Copy a trained model folder into the store under a new, unused name; returns its store path."""
+    """Copy a trained model folder into the store under a new, never used name; returns its store path.
+
+    The caller checks the model first (`models add` loads it whole); the copy is checked against the card's
+    SHA-256s before it takes its name.
+    """
     check_name(name)
     target = models_root() / name
     if target.exists():
         raise ContrastSegError(f"a model named '{name}' is already in the store; models are never overwritten")
+    if name in _trashed():
+        raise ContrastSegError(f"the name '{name}' belonged to a removed model (in {models_root() / TRASH}); names are "
+                               f"never reused: choose another, e.g. '{unused_name(name)}'")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(model_dir, tmp)
-    os.replace(tmp, target)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(model_dir, tmp)
+        card = _read_card(tmp)
+        if card is not None:
+            _check_copy(tmp, card)
+        os.replace(tmp, target)
+    except OSError as err:
+        from .outputs import os_error_message
+
+        raise ContrastSegError(os_error_message(err, target)) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

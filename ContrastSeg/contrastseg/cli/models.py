@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .. import store
@@ -42,6 +43,9 @@ def _validation(card: dict) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     models = store.list_models()
+    problem = store.default_problem()
+    if problem:
+        print(f"contrastseg models list: warning: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps([{k: v for k, v in m.items()} for m in models], indent=2))
         return 0
@@ -60,9 +64,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from ..models.files import read_card
+    from ..models.files import load_model
 
-    read_card(args.folder)  # refuses folders that are not models
+    store.check_name(args.name)
+    load_model(args.folder)  # every check of a load: card, SHA-256s, names, shapes, finite values, organs
     print(f"registered {store.register(args.folder, args.name)}")
     return 0
 

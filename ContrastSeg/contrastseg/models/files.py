@@ -2,8 +2,14 @@
 
 A model folder holds `card.json` and one safetensors file per stage. The card says which architecture and
 settings rebuild each network, which BTCV organs it covers, the preprocessing, where the training data came
-from and the validation numbers. Loading checks every tensor name and shape against the rebuilt network, so
-a file for another architecture or organ set is refused with a sentence instead of a shape error.
+from, the validation numbers and each weights file's SHA-256. The coarse weights file itself names the
+organs whose output channels were trained (safetensors metadata `organs`), so a card that claims an organ
+the network never learnt is refused.
+
+Every load (and `models add`) checks, in this order: the weights file's name and SHA-256, that the file is a
+whole safetensors file, every tensor's name and shape against the network the card describes, finite values,
+and the card's organs against the coarse network's trained channels. A tampered or broken model is refused
+with one sentence. A card written before SHA-256s were recorded gets every check but the hash.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..checksum import sha256
 from ..errors import ContrastSegError
+from ..outputs import safetensors_header, write_safetensors
 from ..organs import BY_ID, NUM_CLASSES
 from .coarse import CoarseUNet
 from .refined import RefinedNet
@@ -67,9 +75,52 @@ def read_card(path: str | os.PathLike) -> dict:
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise ContrastSegError(f"{cpath} is not a ContrastSeg model card (format must be '{CARD_FORMAT}')")
     organs = card.get("organs")
-    if not organs or any(o not in BY_ID for o in organs):
+    if not isinstance(organs, list) or not organs or any(o not in BY_ID for o in organs) or len(set(organs)) != len(organs):
         raise ContrastSegError(f"model card {cpath} lists organs {organs}, which are not BTCV organ ids 1-13")
+    for stage in ("coarse", "refined"):
+        settings = card.get(stage)
+        if settings is None:
+            continue
+        name = settings.get("weights") if isinstance(settings, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+            raise ContrastSegError(f"model card {cpath} names the {stage} weights {name!r}; it must be the name of a "
+                                   ".safetensors file in the model folder")
     return card
+
+
+def trained_organs(path: Path) -> list[int] | None:
+    """The organs whose coarse output channels were trained, as the weights file records them (None if it does not)."""
+    meta = safetensors_header(path).get("__metadata__") or {}
+    if "organs" not in meta:
+        return None
+    return sorted(int(o) for o in json.loads(meta["organs"]))
+
+
+def check_weights(folder: Path, card: dict, stage: str) -> Path:
+    """The stage's weights file: present, with the SHA-256 the card records, and a whole safetensors file."""
+    settings = card[stage]
+    wpath = folder / settings["weights"]
+    if not wpath.is_file():
+        raise ContrastSegError(f"model {folder}: weights file {settings['weights']} is missing")
+    recorded = settings.get("sha256")
+    if recorded is not None and sha256(wpath) != recorded:
+        raise ContrastSegError(f"model {folder}: {wpath.name} does not match the SHA-256 its card records; the file "
+                               "was changed or damaged: copy the model again")
+    try:
+        safetensors_header(wpath)
+    except (ValueError, OSError) as err:
+        raise ContrastSegError(f"model {folder}: {wpath.name} is not a whole safetensors file ({err})") from None
+    if stage == "coarse":
+        try:
+            trained = trained_organs(wpath)
+        except (ValueError, TypeError) as err:
+            raise ContrastSegError(f"model {folder}: {wpath.name} has an unreadable organ list ({err})") from None
+        untrained = sorted(set(card["organs"]) - set(trained if trained is not None else card["organs"]))
+        if untrained:
+            names = ", ".join(f"{BY_ID[o].name} ({o})" for o in untrained)
+            raise ContrastSegError(f"model {folder}: its card lists {len(card['organs'])} organs, but the coarse network's "
+                                   f"output channels were trained for {len(trained)}: not for {names}")
+    return wpath
 
 
 def _load_stage(folder: Path, card: dict, stage: str) -> torch.nn.Module | None:
@@ -83,9 +134,7 @@ def _load_stage(folder: Path, card: dict, stage: str) -> torch.nn.Module | None:
         net = BUILDERS[arch](settings)
     except (KeyError, ValueError, TypeError) as err:
         raise ContrastSegError(f"model {folder}: cannot build the {stage} network from its card ({err})") from None
-    wpath = folder / settings["weights"]
-    if not wpath.exists():
-        raise ContrastSegError(f"model {folder}: weights file {settings['weights']} is missing")
+    wpath = check_weights(folder, card, stage)
     try:
         state = load_file(str(wpath))
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
@@ -98,6 +147,10 @@ def _load_stage(folder: Path, card: dict, stage: str) -> torch.nn.Module | None:
             f"model {folder}: {wpath.name} does not fit the {arch} described by its card "
             f"({len(bad)} missing or mis-shaped tensors, {len(extra)} unexpected); it is for another architecture"
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ContrastSegError(f"model {folder}: {wpath.name} holds NaN or infinite weights in {len(broken)} tensors "
+                               f"(first: {broken[0]}); the file is broken: retrain or copy the model again")
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return net.eval()
 
@@ -112,19 +165,50 @@ def load_model(path: str | os.PathLike, stages: tuple[str, ...] = ("coarse", "re
     return Model(card, folder, nets["coarse"], nets["refined"])
 
 
-def save_stage(folder: Path, stage: str, net: torch.nn.Module, half: bool = False) -> str:
-    """Write one stage's weights atomically as safetensors; fp16 halves the file for shipping."""
+def save_stage(folder: Path, stage: str, net: torch.nn.Module, half: bool = False, organs: list[int] | None = None) -> str:
+    """Write one stage's weights atomically as safetensors; fp16 halves the file for shipping. `organs` (the
+    coarse stage) records which output channels were trained; `write_card` fills it in from the card if absent."""
     name = f"{stage}.safetensors"
     state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in net.state_dict().items()}
-    tmp = folder / f".{name}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / name)
+    metadata = {"stage": stage}
+    if organs is not None:
+        metadata["organs"] = json.dumps(sorted(int(o) for o in organs))
+    write_safetensors(state, folder / name, metadata)
     return name
 
 
+def _record_organs(wpath: Path, organs: list[int]) -> None:
+    """Stamp the trained organs into a coarse weights file that does not name them yet (tensors unchanged)."""
+    from safetensors import safe_open
+
+    with safe_open(str(wpath), "pt") as f:
+        meta = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    meta["organs"] = json.dumps(sorted(int(o) for o in organs))
+    write_safetensors(state, wpath, meta)
+
+
 def write_card(folder: Path, card: dict) -> None:
+    """Write card.json atomically, recording each weights file's SHA-256 (and, in a coarse weights file that
+    does not say yet, the card's organs as its trained channels). A card claiming organs the coarse weights
+    were not trained for is refused."""
     from ..io import write_json
 
     card = dict(card, format=CARD_FORMAT)
-    write_json(card, folder / CARD_NAME)
+    for stage in ("coarse", "refined"):
+        settings = card.get(stage)
+        if not settings or "weights" not in settings:
+            continue
+        wpath = Path(folder) / settings["weights"]
+        if not wpath.is_file():
+            raise ContrastSegError(f"cannot write the card of {folder}: its {stage} weights {settings['weights']} are missing")
+        if stage == "coarse":
+            trained = trained_organs(wpath)
+            if trained is None:
+                _record_organs(wpath, card["organs"])
+            elif set(card["organs"]) - set(trained):
+                raise ContrastSegError(f"cannot write the card of {folder}: it lists organs "
+                                       f"{sorted(set(card['organs']) - set(trained))} the coarse network was not trained for")
+        card[stage] = dict(settings, sha256=sha256(wpath))
+    write_json(card, Path(folder) / CARD_NAME)
