@@ -99,10 +99,18 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
 
         return self.dataset or default_dataset()
 
-    def exportCase(self, volume, segmentation, phase: str = "", note: str = ""):
+    def exportCase(self, volume, segmentation, phase: str = "", note: str = "", validation: bool = False):
         from ContrastSegTrainingLib.export import export_case
 
-        return export_case(volume, segmentation, self.datasetFolder(), phase.strip() or None, note.strip() or None)
+        return export_case(volume, segmentation, self.datasetFolder(), phase.strip() or None, note.strip() or None,
+                           validation=bool(validation))
+
+    @staticmethod
+    def resultRows(run_dir: Path) -> list[dict]:
+        """The run's before/after table (one row per case and organ), from its validation.json; [] before."""
+        from ContrastSegTrainingLib.runs import result_rows
+
+        return result_rows(Path(run_dir))
 
     def datasetRows(self) -> list[dict]:
         from ContrastSegTrainingLib.export import dataset_rows
@@ -233,14 +241,14 @@ class ContrastSegTrainingTest(ScriptedLoadableModuleTest):
             result = logic.exportCase(volume, run.result_node, "portal", "self-test")
             self.assertIn(6, result.organs)
             self.assertEqual([r["id"] for r in logic.datasetRows()], [result.record["id"]])
-            settings = TrainingSettings(steps=4, batch=2, validation=0, threads=2, name="selftest")
+            settings = TrainingSettings(steps=4, coarseSteps=4, batch=2, threads=2, name="selftest")
             monitor = logic.launch(settings)
             monitor.wait(timeout=1800)
             self.assertEqual(monitor.status, "done", monitor.error)
             self.assertIn("selftest", [m["name"] for m in list_models()])
-            self.assertTrue(monitor.losses.get("finetune"))
+            self.assertTrue(monitor.losses.get("coarse") and monitor.losses.get("refined"))
             chart = logic.updateChart(monitor)
-            self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 1)
+            self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 2)
             run2 = seg.wait(seg.start(volume, SegmentSettings(model="selftest", threads=2, show3D=False)), timeout=900)
             self.assertEqual(run2.state, "done", run2.error)
             self.delayDisplay("Exported, trained and segmented with the new model")

@@ -97,16 +97,25 @@ def test_export_corrected_segmentation_reads_back_identical(slicer_app, tmp_path
     assert prov["edited"] == {"liver": {"id": 6, "added": 0, "removed": erased}} and prov["changed_voxels"] == erased
     assert prov["model"] == "default" and prov["volume_name"] == "ct-small" and prov["left_out"] == ["tumor"]
     assert result.record["phase"] == "portal" and prov["note"] == "first correction"
+    # the initial segmentation is kept with the entry, and how much the user fixed is its Dice per organ
+    kept = sitk.GetArrayFromImage(read_labels(tmp_path / "ds" / result.record["initial"], image))
+    assert np.array_equal(kept, sitk.GetArrayFromImage(read_labels(initial, image)))
+    assert 0.5 < prov["initial_dice"]["liver"] < 1.0 and prov["initial_dice"]["spleen"] == 1.0
 
     again = logic.exportCase(volume, segmentation)  # the same case again: a new version, the first untouched
     assert again.record["id"] == "ct-small-v2" and again.record["labels"] != result.record["labels"]
     logic.exportCase(volume, None)  # the CT alone, for pretraining
+    held = logic.exportCase(volume, segmentation, validation=True)  # the Validation checkbox
+    assert held.record["validation"] is True
     rows = logic.datasetRows()
-    assert [(r["id"], r["labelled"]) for r in rows] == [("ct-small-v1", True), ("ct-small-v2", True), ("ct-small-v3", False)]
+    assert [(r["id"], r["labelled"]) for r in rows] == [("ct-small-v1", True), ("ct-small-v2", True), ("ct-small-v3", False),
+                                                        ("ct-small-v4", True)]
+    assert [r["validation"] for r in rows] == [False, False, False, True]
     assert rows[0]["edited"] == ["liver"] and "liver" in rows[0]["organs"]
     assert logic.checkDataset() == ([], [])
     logic.removeEntry("ct-small-v1")
-    assert (tmp_path / "ds" / "trash" / "ct-small-v1").is_dir() and len(logic.datasetRows()) == 2
+    assert (tmp_path / "ds" / "trash" / "ct-small-v1").is_dir() and len(logic.datasetRows()) == 3
+    assert (tmp_path / "ds" / "trash" / "ct-small-v1" / Path(result.record["initial"]).name).exists()
 
     only_tumor = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "not organs")
     only_tumor.GetSegmentation().AddEmptySegment("tumor", "tumor")
@@ -124,19 +133,23 @@ def test_training_run_attach_cancel_resume_register_segment_compare(slicer_app, 
     volumes = {}
     for which in CASES:
         volumes[which], segmentation, _ = load_case(slicer_app, tmp_path, which)
-        logic.exportCase(volumes[which], segmentation)
-    settings = TrainingSettings(steps=120, batch=2, threads=1, device="CPU", baseModel="tiny-base", name="slicer-run")
+        logic.exportCase(volumes[which], segmentation, validation=which == "large")  # the large CT: before/after only
+    settings = TrainingSettings(steps=120, coarseSteps=3, batch=2, threads=1, device="CPU", baseModel="tiny-base",
+                                name="slicer-run")
     assert logic.check(settings).errors == []
-    assert "needs at least" in " ".join(logic.check(TrainingSettings(validation=2, baseModel="tiny-base")).errors)
+    nothing = ContrastSegTrainingLogic(dataset=tmp_path / "empty")
+    nothing.exportCase(volumes["small"], None)  # a CT without labels: nothing to train on
+    assert "needs at least 1 labelled case" in " ".join(nothing.check(TrainingSettings(baseModel="tiny-base")).errors)
 
     def step(m):
-        return max((s for s, _ in m.losses.get("finetune", [])), default=0)
+        return max((s for s, _ in m.losses.get("refined", [])), default=0)
 
     first = logic.launch(settings)
     run_dir = first.run_dir
     first.wait(timeout=300, until=lambda m: step(m) >= 10)
-    assert first.status == "running" and first.stage == "finetune" and 0 < first.fraction < 1
-    assert first.eta is not None and "Fine-tuning" in first.status_text()
+    assert first.status == "running" and first.stage == "refined" and 0 < first.fraction < 1
+    assert first.eta is not None and "Fine-tuning the refined network" in first.status_text()
+    assert first.losses.get("coarse"), "the coarse network trains first"
 
     later = ContrastSegTrainingLogic(dataset=tmp_path / "ds")  # Slicer restarted: find the run and re-attach
     (found,) = later.findRuns()
@@ -149,21 +162,27 @@ def test_training_run_attach_cancel_resume_register_segment_compare(slicer_app, 
     first.wait(timeout=30)
     assert first.status in ("cancelled", "interrupted") and attached.status in ("cancelled", "interrupted")
     assert later.findRuns()[0]["resumable"]
-    assert (run_dir / "steps" / "finetune" / "checkpoint.json").read_text().count('"step": 50')
+    assert (run_dir / "steps" / "refined" / "checkpoint.json").read_text().count('"step": 50')
 
     resumed = later.resume(run_dir)
     resumed.wait(timeout=600)
     assert resumed.status == "done", resumed.error
-    assert "resume at step 50" in (run_dir / "steps" / "finetune" / "log.txt").read_text()
-    curve = resumed.losses["finetune"]
+    assert "resume at step 50" in (run_dir / "steps" / "refined" / "log.txt").read_text()
+    curve = resumed.losses["refined"]
     assert [s for s, _ in curve] == sorted({s for s, _ in curve}) and curve[-1][0] == 120
     assert resumed.model == "slicer-run" and "Done" in resumed.status_text() and "held-out" in resumed.status_text()
     assert "resume" in resumed.log_text()
     chart = later.updateChart(resumed)
-    table = slicer.mrmlScene.GetFirstNodeByName("slicer-run finetune loss")
-    assert chart.GetNumberOfPlotSeriesNodes() == 1 and table.GetTable().GetNumberOfRows() == len(curve)
+    table = slicer.mrmlScene.GetFirstNodeByName("slicer-run refined loss")
+    assert chart.GetNumberOfPlotSeriesNodes() == 2 and table.GetTable().GetNumberOfRows() == len(curve)
     card = store.show("slicer-run")["card"]
     assert card["validation"]["model"]["mean_dice"] is not None and card["base_model"]["name"] == "tiny-base"
+    assert card["validation"]["entries"] == ["ct-large-v1"]  # the marked case, not the correction
+    rows = later.resultRows(run_dir)  # the panel's before/after table
+    kinds = {r["kind"].split(" (")[0] for r in rows}
+    assert kinds == {"held out", "trained on"} and all(r["after"] is not None for r in rows)
+    trained = [r for r in rows if r["case"] == "ct-small-v1"]
+    assert trained and all(r["before"] == 1.0 for r in trained)  # its export was not edited: initial == correction
     assert "slicer-run" in [m["name"] for m in store.list_models()]
 
     seg_logic = ContrastSegLogic(python=sys.executable)  # the ContrastSeg module's Logic, with the new model

@@ -1,5 +1,5 @@
-"""Training runs end to end from the CLI (plan -> finetune -> validate -> register), and the guard rails:
-too few labelled cases, GPU memory, a loss that becomes NaN."""
+"""Training runs end to end from the CLI (plan -> coarse -> refined -> validate -> register), and the guard
+rails: too few labelled cases, GPU memory, a loss that becomes NaN."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def tiny(tmp_path):
 
 
 def two_cases(ds):
-    """Two labelled cases (the same CT exported as two cases: enough to train on one and validate on the other)."""
+    """Two labelled cases (the same CT exported as two cases), the second marked for validation."""
     for case in ("a", "b"):
-        add_entry(ds, CT, SEG, id_map="totalsegmentator", case=case)
+        add_entry(ds, CT, SEG, id_map="totalsegmentator", case=case, validation=case == "b")
     return ds
 
 
@@ -51,17 +51,22 @@ def two_cases(ds):
 @needs_data
 def test_refuses_without_enough_labelled_cases(tmp_path, tiny, capsys):
     ds = tmp_path / "ds"
-    add_entry(ds, CT, SEG, id_map="totalsegmentator")
+    add_entry(ds, CT, SEG, id_map="totalsegmentator", validation=True)
     add_entry(ds, TS / "example_ct_dicom")  # unlabelled: counts for pretraining only
-    check = preflight(RunRequest(ds, base=str(tiny), device="cpu", validation=1))
-    assert any("needs at least 2 labelled cases" in e and "has 1" in e for e in check.errors)
-    assert preflight(RunRequest(ds, base=str(tiny), device="cpu")).errors == []  # automatic: nothing held out
-    pre = preflight(RunRequest(ds, stages=("pretrain", "finetune"), strategy="voxel-simsiam", base=str(tiny), device="cpu"))
-    assert any("coarse U-Net" in e for e in pre.errors)
+    check = preflight(RunRequest(ds, base=str(tiny), device="cpu"))
+    assert any("at least 1 labelled case to train on" in e and "marked for validation" in e for e in check.errors)
+    one = tmp_path / "one"
+    add_entry(one, CT, SEG, id_map="totalsegmentator")
+    ok = preflight(RunRequest(one, base=str(tiny), device="cpu"))
+    assert ok.errors == [] and ok.held_out == [] and "no case was held out" in ok.note  # the only case trains
+    pre = preflight(RunRequest(one, stages=("pretrain", "refined"), strategy="voxel-simsiam", base=str(tiny), device="cpu"))
+    assert any("add the coarse stage" in e for e in pre.errors)
+    pre = preflight(RunRequest(one, stages=("pretrain", "coarse"), strategy="simclr", base=str(tiny), device="cpu"))
+    assert any("add the refined stage" in e for e in pre.errors)
     empty = tmp_path / "empty"
     add_entry(empty, TS / "example_ct_dicom")
     assert main(["run", "plan", "--dataset", str(empty), "--base", str(tiny), "--device", "cpu"]) == 2
-    assert "fine-tuning needs at least 1 labelled cases" in capsys.readouterr().err
+    assert "fine-tuning needs at least 1 labelled case" in capsys.readouterr().err
     assert main(["run", "plan", "--dataset", str(ds), "--base", str(tmp_path / "nope"), "--device", "cpu"]) == 2
     assert "base model" in capsys.readouterr().err
 
@@ -111,13 +116,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 @needs_data
 def test_run_cli_plan_start_register(tmp_path, tiny, capsys):
     ds = two_cases(tmp_path / "ds")
-    args = ["run", "plan", "--dataset", str(ds), "--base", str(tiny), "--steps", "6", "--batch", "2", "--device", "cpu",
-            "--threads", "1", "--name", "t1", "--start", "--progress", "json"]
+    args = ["run", "plan", "--dataset", str(ds), "--base", str(tiny), "--steps", "6", "--coarse-steps", "3", "--batch", "2",
+            "--device", "cpu", "--threads", "1", "--name", "t1", "--start", "--progress", "json"]
     assert main(args) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     run_dir = store.home() / "runs" / "t1"
     progress = [e for e in events if e["event"] == "progress"]
-    assert {e["stage"] for e in progress} == {"finetune", "validate", "register"}
+    assert {e["stage"] for e in progress} == {"coarse", "refined", "validate", "register"}
     assert [e["fraction"] for e in progress] == sorted(e["fraction"] for e in progress)  # one stream, monotone
     assert any("loss" in e for e in progress) and events[-1]["event"] == "done" and events[-1]["model"] == "t1"
     card = store.show("t1")["card"]
@@ -127,7 +132,8 @@ def test_run_cli_plan_start_register(tmp_path, tiny, capsys):
     val = card["validation"]
     assert val["entries"] == [plan["data"]["validation"][0]["id"]]
     assert val["model"]["mean_dice"] is not None and val["base"]["mean_dice"] is not None
-    assert card["base_model"]["path"] == str(tiny.resolve()) and card["stages"] == ["finetune"]
+    assert card["base_model"]["path"] == str(tiny.resolve()) and card["stages"] == ["coarse", "refined"]
+    assert card["training"]["coarse"]["base"] == str(tiny.resolve())  # the coarse network learned too
     assert card["refined"]["depth"] == TINY_REFINED["depth"]  # the base model's architecture, fine-tuned
     assert run_status(run_dir)["status"] == "done" and (run_dir / "validation.json").exists()
     assert main(["run", "start", str(run_dir), "--progress", "json"]) == 0  # finished: nothing is run twice
@@ -139,7 +145,7 @@ def test_run_cli_plan_start_register(tmp_path, tiny, capsys):
 @needs_data
 def test_nan_run_fails_with_a_clear_message_and_can_resume(tmp_path, tiny, capsys):
     ds = two_cases(tmp_path / "ds")
-    run_dir, plan = make_plan(RunRequest(ds, base=str(tiny), steps=5, batch=2, device="cpu", threads=1, validation=0,
+    run_dir, plan = make_plan(RunRequest(ds, base=str(tiny), steps=5, coarse_steps=2, batch=2, device="cpu", threads=1,
                                          name="nan", finetune_args=["--lr", "1e30"]))
     assert main(["run", "start", str(run_dir), "--progress", "json"]) == 2
     out = capsys.readouterr()
@@ -152,29 +158,32 @@ def test_nan_run_fails_with_a_clear_message_and_can_resume(tmp_path, tiny, capsy
 
 @needs_data
 def test_pretraining_is_one_more_step_of_the_plan(tmp_path, tiny, capsys):
-    """pretrain -> finetune: the encoder the pretrain step announces is the one fine-tuning starts from."""
+    """pretrain -> coarse -> refined: the encoder the pretrain step announces replaces the base's encoder in the
+    refined fine-tuning, and pretraining itself continued from the base model."""
     from contrastseg.runs.plan import pretrain_strategies
 
     if not pretrain_strategies():
         pytest.skip("this engine has no pretraining command")
     ds = two_cases(tmp_path / "ds")
+    add_entry(ds, CT, SEG, id_map="totalsegmentator", case="c")  # pretraining needs 2 CTs besides the held-out one
     assert main(["run", "plan", "--dataset", str(ds), "--stages", "pretrain,finetune", "--strategy", "simclr",
                  "--base", str(tiny), "--pretrain-steps", "2", "--pretrain-batch", "4", "--steps", "2", "--batch", "2",
-                 "--validation", "0", "--device", "cpu", "--threads", "1", "--name", "pt", "--start", "--progress", "json"]) == 0
+                 "--coarse-steps", "2", "--device", "cpu", "--threads", "1", "--name", "pt", "--start", "--progress", "json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     weights = next(e["path"] for e in events if e["event"] == "output" and e.get("kind") == "weights")
     run_dir = store.home() / "runs" / "pt"
-    assert f"--init {weights}" in (run_dir / "log.txt").read_text()
+    log = (run_dir / "log.txt").read_text()
+    assert f"--encoder {weights}" in log and f"--init {tiny.resolve()}" in log
     assert any(e["event"] == "progress" and e["stage"] == "pretrain" and "loss" in e for e in events)
     card = store.show("pt")["card"]
     assert card["strategy"] == "simclr" and card["stages"] == ["pretrain", "finetune"]
-    assert len(card["data_snapshot"]["pretrain"]) == 2 and card["validation"]["model"] is None
+    assert len(card["data_snapshot"]["pretrain"]) == 2 and card["validation"]["model"] is not None
 
 
 @needs_data
 def test_run_cancel_from_the_cli_stops_the_step(tmp_path, tiny, capsys):
     ds = two_cases(tmp_path / "ds")
-    run_dir, _ = make_plan(RunRequest(ds, base=str(tiny), steps=400, batch=2, device="cpu", threads=1, validation=0, name="c"))
+    run_dir, _ = make_plan(RunRequest(ds, base=str(tiny), steps=400, coarse_steps=400, batch=2, device="cpu", threads=1, name="c"))
     proc = subprocess.Popen([sys.executable, "-m", "contrastseg.cli", "run", "start", str(run_dir), "--progress", "json"],
                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     for line in proc.stdout:  # wait until fine-tuning is really training
@@ -201,13 +210,13 @@ def _cwd(proc: Path):
 @needs_data
 @needs_default_model()
 def test_finetuning_the_default_model_continues_from_it(tmp_path):
-    """A short run from the default model keeps its quality: the whole refined network (encoder and decoder)
-    is continued, not restarted, and the before/after numbers in the card say so. (Measured with 10 steps:
-    mean Dice 0.449 before, 0.445 after; with the decoder restarted, 0.181.)"""
+    """A short run from the default model keeps its quality: both networks are continued, not restarted, and
+    the before/after numbers in the card say so. (Measured with 10 refined steps before the coarse stage
+    learned too: mean Dice 0.449 before, 0.445 after; with the refined decoder restarted, 0.181.)"""
     ds = tmp_path / "ds"
     add_entry(ds, TS / "example_ct.nii.gz", TS / "example_seg_fast_force_split.nii.gz", id_map="totalsegmentator", case="train")
-    add_entry(ds, CT, SEG, id_map="totalsegmentator", case="held-out")
-    run_dir, plan = make_plan(RunRequest(ds, steps=6, batch=2, device="cpu", threads=2, validation=1, name="ft-default"))
+    add_entry(ds, CT, SEG, id_map="totalsegmentator", case="held-out", validation=True)
+    run_dir, plan = make_plan(RunRequest(ds, steps=6, coarse_steps=6, batch=2, device="cpu", threads=2, name="ft-default"))
     assert [d["id"] for d in plan["data"]["validation"]] == ["held-out-v1"]
     assert main(["run", "start", str(run_dir), "--progress", "none"]) == 0
     val = store.show("ft-default")["card"]["validation"]

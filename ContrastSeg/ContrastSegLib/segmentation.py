@@ -237,6 +237,9 @@ class SegmentationLogic:
             target = None
         run.result_node = nodes.load_labels(path, volume, run.organs, target, f"{base} segmentation")
         self._finish_node(run, run.result_node, stage)
+        kept = keep_initial(path)
+        if kept is not None:  # the export compares the correction with it ("before" Dice, edited organs)
+            run.result_node.SetAttribute(INITIAL_LABELS_ATTRIBUTE, str(kept))
 
     def _finish_node(self, run: SegmentationRun, node, stage: str, surfaces: bool = True) -> None:
         """Tag the node with its provenance; build 3D surfaces for the final result only: surfaces of a
@@ -271,6 +274,26 @@ class SegmentationLogic:
     def _notify(run: SegmentationRun) -> None:
         if run.on_update is not None:
             run.on_update(run)
+
+
+INITIAL_LABELS_ATTRIBUTE = "ContrastSeg.InitialLabels"  # the engine's label map before any correction
+
+
+def keep_initial(path: Path) -> Path | None:
+    """Copy the engine's final label map out of the (temporary) work folder, into $CONTRASTSEG_HOME/initial,
+    so a later export can record what the user changed. None if it cannot be kept (the export then says
+    nothing about edits, as before)."""
+    from contrastseg.store import home
+
+    import uuid
+
+    target = home() / "initial" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.nii.gz"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    except OSError:
+        return None
+    return target
 
 
 def _same_path(a: Path, b: Path | None) -> bool:

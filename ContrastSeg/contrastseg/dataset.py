@@ -43,6 +43,21 @@ class Entry:
     phase: str | None
     record: dict
 
+    @property
+    def organs(self) -> list[int] | None:
+        """The organs this entry annotates (METHODS §9), as recorded; None: whatever its label map holds.
+
+        `dataset add` records them (the segments exported from Slicer, `--organs`, or the ids in the file);
+        an annotated organ with no voxels says "this organ is absent here", an unannotated one says nothing.
+        """
+        organs = self.record.get("organs")
+        return None if organs is None else sorted(int(o) for o in organs)
+
+    @property
+    def validation(self) -> bool:
+        """Marked by the user as a validation case (`dataset add --validation`): held out of training."""
+        return bool(self.record.get("validation"))
+
 
 def manifest_path(path: str | os.PathLike) -> Path:
     path = Path(path)
@@ -96,31 +111,55 @@ class PreparedCase:
     labels: np.ndarray | None
     spacing: tuple[float, float, float]
     phase: str | None
+    annotated: list[int] | None = None  # organs the labels speak for (Entry.organs, else the ids present)
+
+
+CACHE_VERSION = "v2"
+
+
+def shared_cache() -> Path:
+    """The preprocessing cache every run shares: $CONTRASTSEG_HOME/cache/prepared."""
+    from .store import home
+
+    return home() / "cache" / "prepared"
 
 
 def _cache_key(entry: Entry, spacing) -> str:
-    parts = [str(entry.image), str(entry.labels), json.dumps(entry.id_map, sort_keys=True), repr(tuple(spacing)), "v1"]
-    for p in (entry.image, entry.labels):
-        if p is not None and p.exists():
-            st = p.stat()
-            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+    """SHA-256 of the files' contents plus the settings: a changed file is never served from the cache,
+    and the same CT in two datasets (or two runs' snapshots) is prepared once."""
+    from .checksum import sha256
+
+    parts = [sha256(entry.image), sha256(entry.labels) if entry.labels is not None else "-",
+             json.dumps(entry.id_map, sort_keys=True), repr(spacing if isinstance(spacing, str) else tuple(spacing)),
+             CACHE_VERSION]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _annotated(entry: Entry, labels: np.ndarray | None) -> list[int] | None:
+    if labels is None:
+        return None
+    return entry.organs if entry.organs is not None else sorted(int(v) for v in np.unique(labels) if v)
 
 
 def prepare_case(entry: Entry, spacing: tuple[float, float, float] | str, cache_dir: Path | None = None) -> PreparedCase:
     """Read, reorient, resample and normalise one entry (labels by nearest neighbour); cached as .npz.
 
     `spacing` is (x, y, z) mm, or "inplane:S" for S mm in-plane with the slice spacing kept (refined stage).
-    The cache holds plain arrays (no pickle) keyed by file sizes, times and settings, so each volume is
-    preprocessed once however many runs read it.
+    The cache (default: the shared one) holds plain arrays (no pickle) keyed by the files' SHA-256 and the
+    settings, so each volume is preprocessed once however many runs and datasets read it. Labels of organs
+    the entry does not annotate are set to 0 ("says nothing"), so no loss can read them.
     """
     key = _cache_key(entry, spacing)
-    if cache_dir is not None:
-        cached = cache_dir / f"{entry.id}-{key}.npz"
-        if cached.exists():
+    cache_dir = shared_cache() if cache_dir is None else cache_dir
+    cached = cache_dir / f"{key}.npz"
+    if cached.exists():
+        try:
             with np.load(cached, allow_pickle=False) as z:
                 labels = z["labels"] if z["labels"].size else None
-                return PreparedCase(entry.id, z["image"], labels, tuple(z["spacing"].tolist()), entry.phase)
+                return PreparedCase(entry.id, z["image"], labels, tuple(z["spacing"].tolist()), entry.phase,
+                                    _annotated(entry, labels))
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is rebuilt below
     image = read_image(entry.image)
     if isinstance(spacing, str):
         inplane = float(spacing.split(":")[1])
@@ -130,11 +169,17 @@ def prepare_case(entry: Entry, spacing: tuple[float, float, float] | str, cache_
     if entry.labels is not None:
         lab = read_labels(entry.labels, image, entry.id_map)
         labels = sitk.GetArrayFromImage(resample_like(lab, prepared.grid, sitk.sitkNearestNeighbor, 0))
-    case = PreparedCase(entry.id, prepared.array, labels, tuple(spacing), entry.phase)
-    if cache_dir is not None:
+        if entry.organs is not None:  # voxels of organs the entry does not annotate say nothing
+            keep = np.zeros(256, dtype=np.uint8)
+            keep[entry.organs] = entry.organs
+            labels = keep[labels]
+    case = PreparedCase(entry.id, prepared.array, labels, tuple(spacing), entry.phase, _annotated(entry, labels))
+    try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{entry.id}-{key}.tmp.npz"
+        tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
         np.savez(tmp, image=case.image, labels=labels if labels is not None else np.zeros(0, np.uint8),
                  spacing=np.asarray(spacing))
         os.replace(tmp, cached)
+    except OSError:
+        pass  # a cache that cannot be written (read-only home, full disk) only costs time
     return case

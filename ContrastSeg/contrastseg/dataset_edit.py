@@ -101,6 +101,18 @@ def changes(initial: np.ndarray, final: np.ndarray) -> dict:
     return {"changed_voxels": int(np.count_nonzero(initial != final)), "edited": edited}
 
 
+def initial_dice(initial: np.ndarray, final: np.ndarray, organs: list[int]) -> dict:
+    """Dice of the initial segmentation against the correction, per annotated organ: how much the user had to
+    fix (the "before" of a corrected case; 1.0 = nothing changed). An organ absent from both is skipped."""
+    out = {}
+    for oid in organs:
+        a, b = initial == oid, final == oid
+        total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+        if total:
+            out[BY_ID[oid].key] = round(2 * int(np.count_nonzero(a & b)) / total, 4)
+    return out
+
+
 def _store_image(folder: Path, source: Path, case: str, source_sha: str) -> tuple[str, sitk.Image]:
     """Put the CT in images/ once per distinct file: NIfTI is copied byte for byte, others become NRRD."""
     (folder / "images").mkdir(exist_ok=True)
@@ -138,17 +150,34 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
               case: str | None = None, entry_id: str | None = None, phase: str | None = None, source: str | None = None,
               id_map: str | dict | None = None, initial: str | os.PathLike | None = None, initial_id_map=None,
               model: str | None = None, volume_name: str | None = None, dicom: dict | None = None,
-              note: str | None = None, extra: dict | None = None) -> dict:
+              note: str | None = None, extra: dict | None = None, organs: list[int] | None = None,
+              validation: bool = False) -> dict:
     """Add one CT (and its corrected BTCV label map, if any) as a new, immutable entry; returns its record.
 
     `labels` may use another id scheme (`id_map`, e.g. "totalsegmentator"); it is stored with BTCV ids on the
     image's grid. `initial` is the segmentation before correction (the model's output, by `model`): the record
     then says which organs were edited and how many voxels changed. `dicom` holds the UIDs when the image
     came from DICOM (read from the files for a DICOM folder). `extra` adds fields to the provenance.
+
+    `organs` are the organs the labels annotate (METHODS §9; default: the ids the label map holds). Training
+    reads only those: an organ left out says nothing (it is not taught as background), an organ listed
+    with no voxels says "absent here". `validation` marks the case as held out of training, for
+    before/after numbers only.
     """
     folder, image = Path(dataset), Path(image)
     ct = read_image(image)  # refuses non-3D and unreadable inputs before anything is written
     lab = read_labels(labels, ct, _id_map(id_map)) if labels is not None else None
+    if organs is not None:
+        if lab is None:
+            raise ContrastSegError("--organs says which organs a label map annotates; this entry has no label map")
+        unknown = sorted(set(organs) - set(BY_ID))
+        outside = sorted({int(v) for v in np.unique(sitk.GetArrayViewFromImage(lab)) if v} - set(organs))
+        if unknown or outside:
+            raise ContrastSegError(
+                f"the label map holds {', '.join(BY_ID[o].key for o in outside)}, which --organs does not list"
+                if outside else f"unknown organ ids {unknown} in --organs")
+    if validation and lab is None:
+        raise ContrastSegError("only a labelled case can be held out for validation")
     source_sha = sha256(image)
     uids = dicom or dicom_uids(image)
     with locked(folder):
@@ -176,12 +205,20 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
             arr = sitk.GetArrayFromImage(lab)
             present = sorted(int(v) for v in np.unique(arr) if v)
             write_labels(lab, folder / labels_rel, present or [])
-            record.update(labels=labels_rel, labels_sha256=sha256(folder / labels_rel), organs=present,
-                          organ_voxels={BY_ID[o].key: int(np.count_nonzero(arr == o)) for o in present})
+            annotated = sorted(organs) if organs is not None else present
+            record.update(labels=labels_rel, labels_sha256=sha256(folder / labels_rel), organs=annotated,
+                          organ_voxels={BY_ID[o].key: int(np.count_nonzero(arr == o)) for o in annotated})
+            if validation:
+                record["validation"] = True
             prov["labels_source"] = str(Path(labels).resolve())
             if initial is not None:
-                before = sitk.GetArrayFromImage(read_labels(initial, ct, _id_map(initial_id_map)))
+                first = read_labels(initial, ct, _id_map(initial_id_map))
+                before = sitk.GetArrayFromImage(first)
+                initial_rel = f"labels/{entry_id}-initial{LABEL_SUFFIX}"
+                write_labels(first, folder / initial_rel, sorted(int(v) for v in np.unique(before) if v))
+                record.update(initial=initial_rel, initial_sha256=sha256(folder / initial_rel))
                 prov.update(changes(before, arr))
+                prov["initial_dice"] = initial_dice(before, arr, annotated)
         if note:
             prov["note"] = note
         prov.update(extra or {})
@@ -197,7 +234,8 @@ def summary_row(rec: dict) -> dict:
     return {"id": rec["id"], "case": rec.get("case", rec["id"]), "version": rec.get("version", 1),
             "labelled": bool(rec.get("labels")), "organs": [BY_ID[o].key for o in rec.get("organs", [])],
             "phase": rec.get("phase") or "", "created": (rec.get("created") or "")[:16].replace("T", " "),
-            "edited": sorted(edited) if edited else [], "removed": bool(rec.get("removed"))}
+            "edited": sorted(edited) if edited else [], "removed": bool(rec.get("removed")),
+            "validation": bool(rec.get("validation")), "initial_dice": rec.get("provenance", {}).get("initial_dice") or {}}
 
 
 def live_records(dataset: str | os.PathLike) -> list[dict]:
@@ -229,14 +267,14 @@ def remove_entry(dataset: str | os.PathLike, entry_id: str) -> dict:
             raise ContrastSegError(f"dataset {folder} has no entry '{entry_id}'")
         in_use = {r["image"] for r in data["entries"] if not r.get("removed") and r is not rec}
         moves = {}
-        for key in ("labels", "image"):
+        for key in ("labels", "initial", "image"):
             rel = rec.get(key)
             if rel and not Path(rel).is_absolute() and not (key == "image" and rel in in_use):
                 moves[key] = (rel, f"{TRASH}/{entry_id}/{Path(rel).name}")
-                if key == "labels":
+                if key in ("labels", "initial"):
                     side = Path(split_suffix(rel)[0] + ".json")
                     if (folder / side).exists():
-                        moves["labels_sidecar"] = (str(side), f"{TRASH}/{entry_id}/{side.name}")
+                        moves[f"{key}_sidecar"] = (str(side), f"{TRASH}/{entry_id}/{side.name}")
         rec.update(removed=True, removed_at=rec.get("removed_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    trash={k: dst for k, (_, dst) in moves.items()})
         _save(folder, data)
@@ -265,12 +303,12 @@ def check(dataset: str | os.PathLike) -> tuple[list[str], list[str]]:
                     warnings.append(f"{rec['id']}: removed, but {dst} is not in the trash (run remove again)")
             continue
         pid = rec["id"]
-        for key in ("image", "labels"):
+        for key in ("image", "labels", "initial"):
             rel = rec.get(key)
             if not rel:
                 continue
             used.add(str(Path(rel)))
-            if key == "labels":
+            if key in ("labels", "initial"):
                 used.add(split_suffix(rel)[0] + ".json")
             path = base / rel
             if not path.exists():

@@ -168,18 +168,12 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
     t = time.perf_counter()
     prog.begin("preprocess", "resampling to the coarse grid")
-    coarse_spacing = tuple(model.card["coarse"]["spacing"])
-    low = prepare(image, coarse_spacing)
+    low = prepare(image, tuple(model.card["coarse"]["spacing"]))
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
     prog.begin("coarse", "3D U-Net")
-    net = model.coarse.to(device)
-    probs = coarse_probabilities(net, low.array, device, organs, prog)
-    coarse_low = clean_components(np.asarray([0, *organs], dtype=np.uint8)[probs[[0, *organs]].argmax(0)], organs)
-    for c in organs:  # attention follows the cleaned coarse map: removed specks become background
-        dropped = (coarse_low != c) & (probs[[0, *organs]].argmax(0) == organs.index(c) + 1)
-        probs[c][dropped] = 0.0
+    probs, coarse_low = coarse_stage(model.coarse, low.array, organs, device, prog)
     coarse = _to_input_grid(coarse_low, low.grid, image)
     timings["coarse"] = time.perf_counter() - t
     if on_coarse is not None:
@@ -201,6 +195,32 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     labels = _to_input_grid(fine_labels, fine.grid, image)
     timings["refine"] = time.perf_counter() - t
     return Segmentation(labels, coarse, organs, timings)
+
+
+def coarse_stage(net, volume: np.ndarray, organs: list[int], device: torch.device,
+                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse network on a normalised low-res volume: (probabilities, cleaned label map), both on its grid.
+
+    The probabilities of the specks `clean_components` removed are set to 0, so the attention that follows
+    (inference, and the loop's refined training) sees the cleaned map.
+    """
+    probs = coarse_probabilities(net.to(device), volume, device, organs, progress)
+    raw = probs[[0, *organs]].argmax(0)
+    coarse_low = clean_components(np.asarray([0, *organs], dtype=np.uint8)[raw], organs)
+    for c in organs:
+        probs[c][(coarse_low != c) & (raw == organs.index(c) + 1)] = 0.0
+    return probs, coarse_low
+
+
+def coarse_attention(image: sitk.Image, model: Model, organs: list[int], grid: sitk.Image,
+                     device: torch.device) -> np.ndarray:
+    """The attention label map the refined network gets at inference, on `grid` (e.g. a training case's
+    refined grid): what the loop's refined stage trains on besides the perturbed truth."""
+    low = prepare(image, tuple(model.card["coarse"]["spacing"]))
+    probs, coarse_low = coarse_stage(model.coarse, low.array, organs, device)
+    if not coarse_low.any():
+        return np.zeros(tuple(reversed(grid.GetSize())), dtype=np.uint8)
+    return _probs_to_grid(probs, low.grid, grid, [0, *organs])
 
 
 def _to_input_grid(labels: np.ndarray, grid: sitk.Image, image: sitk.Image) -> sitk.Image:

@@ -17,13 +17,13 @@ from pathlib import Path
 import slicer
 
 from ContrastSegLib import nodes
+from ContrastSegLib.segmentation import INITIAL_LABELS_ATTRIBUTE
 from contrastseg.dataset_edit import add_entry, default_dataset, live_records, summary_row
 from contrastseg.errors import ContrastSegError
 from contrastseg.organs import BY_ID
 
 # Attributes the ContrastSeg module sets on a segmentation it produced.
 MODEL_ATTRIBUTE = "ContrastSeg.Model"
-INITIAL_LABELS_ATTRIBUTE = "ContrastSeg.InitialLabels"  # path of the engine's label map before correction
 
 
 @dataclass
@@ -73,12 +73,15 @@ def dicom_uids(volume_node) -> dict | None:
 
 
 def export_case(volume_node, segmentation_node, dataset: Path | None = None, phase: str | None = None,
-                note: str | None = None, initial_labels: Path | None = None) -> ExportResult:
+                note: str | None = None, initial_labels: Path | None = None, validation: bool = False) -> ExportResult:
     """Store the CT (and, with a Segmentation, its organ segments as BTCV labels) as a new dataset entry.
 
-    Without `segmentation_node` the CT is stored unlabelled (for pretraining). `initial_labels` (default:
-    the segmentation's ContrastSeg.InitialLabels attribute) is the model output before correction; the entry
-    then records which organs were edited and how many voxels changed.
+    Without `segmentation_node` the CT is stored unlabelled (for pretraining). The organs annotated are the
+    segments that are BTCV organs, empty ones included ("absent here"); organs without a segment say nothing,
+    so retraining does not teach them as background. `initial_labels` (default: the segmentation's
+    ContrastSeg.InitialLabels attribute, set by the ContrastSeg module) is the model output before
+    correction; the entry keeps a copy and records which organs were edited, how many voxels changed and
+    the initial Dice per organ (the "before" of the run table). `validation` holds the case out of training.
     """
     if volume_node is None:
         raise ContrastSegError("select the CT volume to export")
@@ -96,14 +99,15 @@ def export_case(volume_node, segmentation_node, dataset: Path | None = None, pha
                                        f"terminology of {', '.join(o.name for o in BY_ID.values())}); nothing to export")
             array = nodes.labelmap_array(segmentation_node, volume_node)
             labels = _write_labels(array, image, work / "labels.nrrd")
-            organs = sorted({int(v) for v in set(array.ravel().tolist()) if v})
+            organs = sorted(set(matched.values()))
             model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
             initial = initial_labels or segmentation_node.GetAttribute(INITIAL_LABELS_ATTRIBUTE)
             if initial and not Path(initial).exists():
                 initial = None
         record = add_entry(dataset, image, labels, phase=phase or None, source=f"3D Slicer: {volume_node.GetName()}",
                            initial=initial, model=model, volume_name=volume_node.GetName(), dicom=dicom_uids(volume_node),
-                           note=note or None, extra={"left_out": left_out} if left_out else None)
+                           note=note or None, extra={"left_out": left_out} if left_out else None,
+                           organs=organs if labels is not None else None, validation=validation)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ExportResult(record, organs, left_out)

@@ -12,7 +12,8 @@ import vtk
 import slicer
 
 RUN_ATTRIBUTE = "ContrastSegTraining.Run"
-COLORS = {"pretrain": (0.85, 0.37, 0.01), "finetune": (0.12, 0.47, 0.71)}
+COLORS = {"pretrain": (0.85, 0.37, 0.01), "coarse": (0.17, 0.63, 0.17), "refined": (0.12, 0.47, 0.71),
+          "finetune": (0.12, 0.47, 0.71)}
 
 
 def _find(scene, class_name: str, run: str, stage: str | None = None):

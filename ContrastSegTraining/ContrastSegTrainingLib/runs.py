@@ -20,7 +20,8 @@ from ContrastSegLib.process import EngineEvent, EngineProcess, engine_command
 from ContrastSegLib.segmentation import SegmentationLogic, slicer_python
 from contrastseg.runs.plan import LAUNCH, LOG, STREAM, RunRequest, list_runs, make_plan, preflight, read_state, run_status
 
-STAGE_NAMES = {"pretrain": "pretraining", "finetune": "fine-tuning", "validate": "validating", "register": "registering"}
+STAGE_NAMES = {"pretrain": "pretraining", "coarse": "fine-tuning the coarse network", "refined": "fine-tuning the refined network",
+               "finetune": "fine-tuning", "validate": "validating", "register": "registering"}
 
 
 def engine_env() -> dict:
@@ -142,10 +143,24 @@ class RunMonitor:
 
 
 def validation_text(val: dict | None) -> str:
+    """One sentence on the run's numbers; says plainly when no case was held out."""
+    corrected = (val or {}).get("corrected") or {}
+    trained = f" The table shows the {len(corrected)} corrected case(s) it trained on, before and after." if corrected else ""
     if not val or not val.get("model"):
-        return "No case was held out, so there are no before/after numbers."
+        return "No case was held out for validation, so there are no numbers on unseen cases." + trained
     new, old = val["model"].get("mean_dice"), val["base"].get("mean_dice")
-    return f"Mean Dice on {len(val.get('entries', []))} held-out case(s): {new} (the model it started from: {old})."
+    return (f"Mean Dice on {len(val.get('entries', []))} held-out case(s): {new} (the model it started from: {old})."
+            + trained)
+
+
+def result_rows(run_dir: Path) -> list[dict]:
+    """Before/after per case and organ (contrastseg.runs.validate.organ_table) of a finished run; [] before."""
+    from contrastseg.runs.validate import organ_table
+
+    try:
+        return organ_table(json.loads((Path(run_dir) / "validation.json").read_text()))
+    except (OSError, ValueError):
+        return []
 
 
 def _duration(seconds: float) -> str:

@@ -18,7 +18,8 @@ from .runs import RunMonitor, validation_text
 
 POLL_MS = 500
 SETTINGS_KEY = "ContrastSegTraining/DatasetFolder"
-COLUMNS = ("entry", "labels", "organs", "phase", "date", "edited")
+COLUMNS = ("entry", "labels", "organs", "phase", "date", "edited", "validation")
+RESULT_COLUMNS = ("case", "organ", "before", "after", "what")
 
 
 class Panel:
@@ -52,6 +53,8 @@ class Panel:
         ui.stagesComboBox.currentIndexChanged.connect(lambda *_: self.updateButtons())
         ui.datasetTable.setColumnCount(len(COLUMNS))
         ui.datasetTable.setHorizontalHeaderLabels(list(COLUMNS))
+        ui.resultsTable.setColumnCount(len(RESULT_COLUMNS))
+        ui.resultsTable.setHorizontalHeaderLabels(list(RESULT_COLUMNS))
         self.fillModels()
         self.fillStrategies()
         self.fillDataset()
@@ -69,7 +72,7 @@ class Panel:
             "compareVolume": self.ui.compareVolumeSelector, "training.stages": self.ui.stagesComboBox,
             "training.steps": self.ui.stepsSpinBox, "training.batch": self.ui.batchSpinBox,
             "training.pretrainSteps": self.ui.pretrainStepsSpinBox, "training.pretrainBatch": self.ui.pretrainBatchSpinBox,
-            "training.validation": self.ui.validationSpinBox, "training.device": self.ui.deviceComboBox,
+            "training.coarseSteps": self.ui.coarseStepsSpinBox, "training.device": self.ui.deviceComboBox,
             "training.threads": self.ui.threadsSpinBox, "training.name": self.ui.runNameLineEdit,
         })
         self.updateButtons()
@@ -106,7 +109,7 @@ class Panel:
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             values = (row["id"], "yes" if row["labelled"] else "no", ", ".join(row["organs"]) or "-", row["phase"],
-                      row["created"], ", ".join(row["edited"]))
+                      row["created"], ", ".join(row["edited"]), "held out" if row["validation"] else "")
             for c, value in enumerate(values):
                 table.setItem(r, c, qt.QTableWidgetItem(str(value)))
         table.resizeColumnsToContents()
@@ -138,7 +141,8 @@ class Panel:
         try:
             with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
                 result = self.logic.exportCase(self.params.volume, segmentation, self.ui.phaseComboBox.currentText,
-                                               self.ui.noteLineEdit.text)
+                                               self.ui.noteLineEdit.text,
+                                               labelled and self.ui.validationCheckBox.checked)
                 self.ui.exportStatusLabel.setText(result.message())
         finally:
             self.fillDataset()
@@ -197,8 +201,20 @@ class Panel:
     def follow(self, monitor: RunMonitor) -> None:
         self.monitor, self._chart = monitor, None
         self.ui.logTextEdit.setPlainText(monitor.log_text())
+        self.fillResults()
         self.onTimer()
         self.timer.start()
+
+    def fillResults(self) -> None:
+        """Before/after Dice per organ of the followed run (empty until its validate step has run)."""
+        rows = self.logic.resultRows(self.monitor.run_dir) if self.monitor is not None else []
+        table = self.ui.resultsTable
+        table.setRowCount(len(rows))
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        for r, row in enumerate(rows):
+            for c, value in enumerate((row["case"], row["organ"], fmt(row["before"]), fmt(row["after"]), row["kind"])):
+                table.setItem(r, c, qt.QTableWidgetItem(value))
+        table.resizeColumnsToContents()
 
     def showChart(self) -> None:
         if self.monitor is not None and self.monitor.losses:
@@ -228,6 +244,7 @@ class Panel:
             if was_running and not busy:
                 self.fillRuns()
                 self.fillModels()
+                self.fillResults()
                 if self.monitor.status == "done":
                     slicer.util.infoDisplay(f"Training finished: model '{self.monitor.model}' is in the model store.\n"
                                             f"{validation_text(self.monitor.validation)}")

@@ -37,6 +37,11 @@ def register(sub) -> None:
     a.add_argument("--initial-id-map", default=None, choices=ID_MAPS)
     a.add_argument("--model", default=None, help="the model (name/version) that produced the initial segmentation")
     a.add_argument("--volume-name", default=None, help="the volume's name (default: the file name)")
+    a.add_argument("--organs", default=None,
+                   help="the organs LABELS annotates, e.g. liver,spleen (default: the ids it holds); training ignores "
+                        "the others instead of teaching them as background, and a listed organ with no voxels is 'absent'")
+    a.add_argument("--validation", action="store_true",
+                   help="hold this case out of training: it only gives before/after numbers")
     _dataset_option(a)
     a.set_defaults(func=run_add)
 
@@ -64,12 +69,22 @@ def _folder(args) -> Path:
 
 def run_add(args: argparse.Namespace) -> int:
     from ..dataset_edit import add_entry
+    from ..errors import ContrastSegError
+    from ..organs import parse_organs
 
+    try:
+        organs = parse_organs(args.organs) if args.organs else None
+    except ValueError as err:
+        raise ContrastSegError(str(err)) from None
     rec = add_entry(_folder(args), args.image, args.labels, case=args.case, entry_id=args.entry_id, phase=args.phase,
                     source=args.source, id_map=args.id_map, initial=args.initial, initial_id_map=args.initial_id_map,
-                    model=args.model, volume_name=args.volume_name)
-    organs = ", ".join(BY_ID[o].name for o in rec.get("organs", [])) or "none (unlabelled)"
-    print(f"added {rec['id']} to {_folder(args)}: organs {organs}")
+                    model=args.model, volume_name=args.volume_name, organs=organs, validation=args.validation)
+    names = ", ".join(BY_ID[o].name for o in rec.get("organs", [])) or "none (unlabelled)"
+    print(f"added {rec['id']} to {_folder(args)}: organs annotated {names}"
+          f"{' (held out for validation)' if rec.get('validation') else ''}")
+    before = rec.get("provenance", {}).get("initial_dice")
+    if before:
+        print("initial segmentation vs the correction (Dice): " + ", ".join(f"{k} {v:.3f}" for k, v in before.items()))
     return 0
 
 

@@ -39,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--strategy", required=True, choices=STRATEGY_NAMES)
     p.add_argument("--run", type=Path, required=True, help="run folder; reused to resume")
     p.add_argument("--attention", type=Path, default=None, help="coarse model whose output is every CT's organ attention")
+    p.add_argument("--init", type=Path, default=None,
+                   help="model folder to continue from (its refined encoder, or for voxel-simsiam its coarse U-Net); default random")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=D.steps)
     g.add_argument("--max-steps", type=int, default=None, help="cap every phase at this many steps (smoke runs)")
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         slice_size=args.slice_size, slice_fraction=args.slice_fraction, clusters=args.clusters,
         region_slices=args.region_slices, max_regions=args.max_regions, coarse_channels=args.channels,
         coarse_crop=args.crop, coarse_spacing=args.spacing, coarse_batch=args.coarse_batch,
-        voxel_weight=args.voxel_weight, probe=args.probe)
+        voxel_weight=args.voxel_weight, probe=args.probe, init=str(args.init) if args.init else None)
     if settings.batch < 2:
         raise ContrastSegError("--batch must be at least 2 (contrastive losses need negatives)")
     if args.threads:

@@ -30,15 +30,18 @@ def register(sub) -> None:
     pl.add_argument("--dataset", type=Path, default=None, help="dataset folder (default: $CONTRASTSEG_HOME/dataset)")
     pl.add_argument("--run", type=Path, default=None, help="run folder (default: $CONTRASTSEG_HOME/runs/NAME)")
     pl.add_argument("--name", default=None, help="name of the run and of the model it registers (default: stages + time)")
-    pl.add_argument("--stages", default="finetune", choices=["finetune", "pretrain,finetune"])
+    pl.add_argument("--stages", default="coarse,refined",
+                    help="what learns, comma-separated: coarse, refined, pretrain; finetune = coarse,refined "
+                         "(default: coarse,refined; e.g. pretrain,finetune)")
     pl.add_argument("--strategy", default=None, help="pretraining strategy (with --stages pretrain,finetune)")
     pl.add_argument("--base", default=None, help="model to start from: store name or folder (default: the store's default)")
-    pl.add_argument("--steps", type=int, default=RunRequest.steps, help="fine-tuning steps")
-    pl.add_argument("--batch", type=int, default=RunRequest.batch, help="fine-tuning batch (organ patches)")
+    pl.add_argument("--steps", type=int, default=RunRequest.steps, help="refined network's fine-tuning steps")
+    pl.add_argument("--batch", type=int, default=RunRequest.batch, help="refined network's batch (organ patches)")
+    pl.add_argument("--coarse-steps", type=int, default=RunRequest.coarse_steps, help="coarse U-Net's fine-tuning steps")
     pl.add_argument("--pretrain-steps", type=int, default=RunRequest.pretrain_steps)
     pl.add_argument("--pretrain-batch", type=int, default=RunRequest.pretrain_batch)
-    pl.add_argument("--validation", type=int, default=None, help="labelled cases held out to compare before/after (default: 1 if 2 or more)")
-    pl.add_argument("--finetune-args", default="", help="more `contrastseg finetune` options, quoted, e.g. \"--lr 3e-4\"")
+    pl.add_argument("--finetune-args", default="", help="more `contrastseg finetune` options (refined stage), quoted, e.g. \"--lr 1e-4\"")
+    pl.add_argument("--coarse-args", default="", help="more `contrastseg train-coarse` options (coarse stage), quoted")
     pl.add_argument("--pretrain-args", default="", help="more `contrastseg pretrain` options, quoted")
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -75,11 +78,12 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..dataset_edit import default_dataset
     from ..runs.plan import RunRequest, make_plan
 
-    req = RunRequest(dataset=args.dataset or default_dataset(), stages=tuple(args.stages.split(",")),
+    req = RunRequest(dataset=args.dataset or default_dataset(), stages=tuple(s.strip() for s in args.stages.split(",")),
                      strategy=args.strategy, base=args.base, steps=args.steps, batch=args.batch,
-                     pretrain_steps=args.pretrain_steps, pretrain_batch=args.pretrain_batch, validation=args.validation,
-                     device=args.device, threads=args.threads, name=args.name, seed=args.seed,
-                     finetune_args=shlex.split(args.finetune_args), pretrain_args=shlex.split(args.pretrain_args))
+                     coarse_steps=args.coarse_steps, pretrain_steps=args.pretrain_steps,
+                     pretrain_batch=args.pretrain_batch, device=args.device, threads=args.threads, name=args.name,
+                     seed=args.seed, finetune_args=shlex.split(args.finetune_args),
+                     coarse_args=shlex.split(args.coarse_args), pretrain_args=shlex.split(args.pretrain_args))
     run_dir, plan = make_plan(req, args.run)
     for w in plan["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
@@ -89,6 +93,7 @@ def run_plan(args: argparse.Namespace) -> int:
         n = {k: len(v) for k, v in plan["data"].items()}
         print(f"planned {plan['name']} in {run_dir}: {', '.join(f'{v} {k}' for k, v in n.items())} case(s); "
               f"steps {' -> '.join(s['name'] for s in plan['steps'])}")
+        print(plan.get("validation_rule", ""))
     if args.start:
         args.run = run_dir
         return run_start(args)
@@ -106,14 +111,31 @@ def run_start(args: argparse.Namespace) -> int:
         return 130
     if args.progress != "json":
         print(f"\nregistered model '{state.get('model')}'; {_summary(state.get('validation'))}")
+        _print_table(_run_dir(args.run))
     return 0
 
 
 def _summary(val: dict | None) -> str:
     if not val or not val.get("model"):
-        return "no held-out case to compare on"
+        return (val or {}).get("note") or "no labelled case was held out for validation"
     return (f"mean Dice on {len(val['entries'])} held-out case(s): {val['model']['mean_dice']} "
             f"(the base model: {val['base']['mean_dice']})")
+
+
+def _print_table(run_dir: Path) -> None:
+    from ..runs.validate import organ_table
+
+    try:
+        val = json.loads((run_dir / "validation.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    rows = organ_table(val)
+    if not rows:
+        return
+    fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"\n{'case':<20}{'organ':<22}{'before':>8}{'after':>8}  what")
+    for r in rows:
+        print(f"{r['case']:<20}{r['organ']:<22}{fmt(r['before']):>8}{fmt(r['after']):>8}  {r['kind']}")
 
 
 def run_list(args: argparse.Namespace) -> int:

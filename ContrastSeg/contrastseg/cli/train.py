@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import store
 from ..errors import ContrastSegError
 from ..organs import parse_organs
-from ..paths import default_model
 from ..train.settings import CoarseSettings, RefinedSettings
 from ._common import add_runtime_options, runtime
 
@@ -34,6 +34,11 @@ def register(sub) -> None:
     p.add_argument("--organs", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="pretrained coarse U-Net (safetensors, e.g. from `pretrain --strategy voxel-simsiam`)")
+    p.add_argument("--base", default=None,
+                   help="model (store name or folder) whose coarse network is fine-tuned (the loop): start from its weights (unless --init), "
+                        "distil it on organs an entry does not annotate, replay its training cases; writes a whole model")
+    p.add_argument("--replay", type=float, default=CoarseSettings.replay, help="share of each batch from the base's training cases (with --base)")
+    p.add_argument("--distill", type=float, default=CoarseSettings.distill, help="weight of the distillation toward the base (with --base)")
     add_runtime_options(p)
     p.set_defaults(func=run_coarse)
 
@@ -42,8 +47,11 @@ def register(sub) -> None:
                                    "pretrained encoder (--init), and write a model = base coarse + refined.")
     p.add_argument("dataset", type=Path, help="dataset folder (manifest.json)")
     p.add_argument("--run", type=Path, required=True, help="run folder; reused to resume")
-    p.add_argument("--base", type=Path, default=None, help="model whose coarse network is kept (default: the default model)")
-    p.add_argument("--init", type=Path, default=None, help="pretrained encoder (safetensors) to start from")
+    p.add_argument("--base", default=None,
+                   help="model (store name or folder) whose coarse network is kept and gives the training attention "
+                        "(default: the store's default model)")
+    p.add_argument("--init", type=Path, default=None, help="refined network or pretrained encoder (safetensors) to start from")
+    p.add_argument("--encoder", type=Path, default=None, help="pretrained encoder that then replaces --init's encoder")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder (AGCL); default trains all (DCC-CL)")
     p.add_argument("--steps", type=int, default=RefinedSettings.steps)
     p.add_argument("--batch", type=int, default=RefinedSettings.batch)
@@ -53,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--stem", default=RefinedSettings.stem, choices=["paper", "stride2", "authors"])
     p.add_argument("--aspp-width", type=int, default=RefinedSettings.aspp_width)
     p.add_argument("--no-skip", action="store_true", help="pure DeepLabV3 decoder (no low-level skip)")
+    p.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention,
+                   help="share of patches whose attention is the base's coarse output (else the perturbed truth)")
+    p.add_argument("--replay", type=float, default=RefinedSettings.replay, help="share of patches from the base's training cases")
     p.add_argument("--organs", default=None)
     p.add_argument("--seed", type=int, default=0)
     add_runtime_options(p)
@@ -81,10 +92,12 @@ def run_coarse(args: argparse.Namespace) -> int:
     from ..train.coarse import load_coarse_init, train_coarse
 
     settings = CoarseSettings(spacing=args.spacing, channels=args.channels, crop=args.crop, batch=args.batch,
-                              steps=args.steps, lr=args.lr, seed=args.seed, organs=_organs(args.organs))
+                              steps=args.steps, lr=args.lr, seed=args.seed, organs=_organs(args.organs),
+                              replay=args.replay, distill=args.distill)
     device, progress = runtime(args, {"train": 1.0})
     init = load_coarse_init(args.init, settings) if args.init else None
-    model_dir = train_coarse(args.dataset, args.run, settings, device, progress, init)
+    base = store.resolve(args.base) if args.base else None
+    model_dir = train_coarse(args.dataset, args.run, settings, device, progress, init, base)
     _finish(args.run, model_dir, progress)
     return 0
 
@@ -94,8 +107,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     settings = RefinedSettings(depth=args.depth, widths=args.widths, stem=args.stem, aspp_width=args.aspp_width,
                                skip=not args.no_skip, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
-                               freeze_encoder=args.freeze_encoder, organs=_organs(args.organs))
+                               freeze_encoder=args.freeze_encoder, organs=_organs(args.organs),
+                               coarse_attention=args.coarse_attention, replay=args.replay)
     device, progress = runtime(args, {"train": 1.0})
-    model_dir = finetune(args.dataset, args.run, args.base or default_model(), settings, device, progress, args.init)
+    model_dir = finetune(args.dataset, args.run, store.resolve(args.base), settings, device, progress, args.init,
+                         args.encoder)
     _finish(args.run, model_dir, progress)
     return 0

@@ -15,17 +15,16 @@ import numpy as np
 from ..dataset import PreparedCase, prepare_case
 from ..errors import ContrastSegError
 from ..patches import OrganIndex, crop2d, perturb_mask
-from .data import PretrainEntry, cache_dir_of
+from .data import PretrainEntry
 
 UNKNOWN_PHASE = "unknown"
 
 
 def prepare_cases(items: list[PretrainEntry], dataset, inplane_spacing: float) -> list[PreparedCase]:
     """The refined stage's grid (in-plane `inplane_spacing` mm, slices kept) for every entry, from the cache."""
-    cache = cache_dir_of(dataset)
     cases = []
     for it in items:
-        case = prepare_case(it.entry, f"inplane:{inplane_spacing}", cache)
+        case = prepare_case(it.entry, f"inplane:{inplane_spacing}")
         case.phase = it.phase
         cases.append(case)
     return cases

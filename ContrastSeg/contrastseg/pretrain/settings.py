@@ -57,6 +57,7 @@ class PretrainSettings:
     max_false_negatives: int = 1000
     # embedding plot
     probe: int = 256
+    init: str | None = None  # a model folder: continue pretraining from its networks (the loop) instead of random
 
     def capped(self, steps: int) -> int:
         return max(1, min(steps, self.max_steps)) if self.max_steps else max(1, steps)

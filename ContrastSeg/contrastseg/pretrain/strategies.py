@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.refined import Encoder
+from ..errors import ContrastSegError
 from . import distributed as D
 from . import losses
 from .augment import context_size, two_views
@@ -53,8 +54,23 @@ class Strategy:
 
 
 def build_encoder(ctx: Context) -> Encoder:
+    """The refined encoder to pretrain: random, or (`init`, the loop) the given model's refined encoder, so
+    pretraining refines what the base already knows instead of starting over."""
     s = ctx.settings
-    return Encoder(s.depth, tuple(s.widths), s.stem)
+    encoder = Encoder(s.depth, tuple(s.widths), s.stem)
+    if s.init:
+        from ..models.files import load_model
+
+        model = load_model(s.init, stages=("refined",))
+        if model.refined is None:
+            raise ContrastSegError(f"--init {s.init}: that model has no refined network to start from")
+        state = model.refined.encoder.state_dict()
+        mine = encoder.state_dict()
+        if set(state) != set(mine) or any(state[k].shape != v.shape for k, v in mine.items()):
+            raise ContrastSegError(f"--init {s.init}: its refined encoder differs from --depth/--widths/--stem; "
+                                   "give that model's architecture")
+        encoder.load_state_dict(state)
+    return encoder
 
 
 def patch_sampler(ctx: Context, items: list[PretrainEntry]) -> PatchSampler:
@@ -74,8 +90,6 @@ def _run_patches(ctx: Context, items: list[PretrainEntry]) -> Result:
     ctx.stage("prepare", "preparing volumes and organ attention")
     sampler = patch_sampler(ctx, items)
     if name in ("supcon-mt", "ce") and sampler.phases == ["unknown"]:
-        from ..errors import ContrastSegError
-
         raise ContrastSegError(f"strategy {name} needs phase labels, but no CT has one")
     encoder = build_encoder(ctx)
     net = ClassifierNet(encoder, sampler.num_joint) if name == "ce" else ContrastiveNet(encoder)

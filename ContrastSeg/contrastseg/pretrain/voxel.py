@@ -22,13 +22,14 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from ..dataset import prepare_case
+from ..errors import ContrastSegError
 from ..models.coarse import CoarseUNet
 from ..organs import NUM_CLASSES
 from ..train.coarse import sample_crop
 from . import distributed as D
 from . import losses
 from .context import Context, epochs_to_steps
-from .data import PretrainEntry, cache_dir_of
+from .data import PretrainEntry
 from .heads import mlp
 
 
@@ -76,7 +77,7 @@ def run_voxel(ctx: Context, items: list[PretrainEntry]):
 
     s = ctx.settings
     ctx.stage("prepare", "preparing labelled volumes on the coarse grid")
-    cases = [prepare_case(it.entry, tuple(s.coarse_spacing), cache_dir_of(ctx.dataset)) for it in items]
+    cases = [prepare_case(it.entry, tuple(s.coarse_spacing)) for it in items]
     allowed = np.zeros(256, dtype=np.uint8)
     allowed[s.organs] = s.organs
     for c, it in zip(cases, items):
@@ -84,6 +85,14 @@ def run_voxel(ctx: Context, items: list[PretrainEntry]):
         c.phase = it.phase
     fg = [np.argwhere(c.labels > 0) for c in cases]
     net = CoarseUNet(NUM_CLASSES, tuple(s.coarse_channels))
+    if s.init:  # the loop: continue from the base model's coarse network
+        from ..models.files import load_model
+
+        base = load_model(s.init, stages=("coarse",)).coarse
+        if any(a.shape != b.shape for a, b in zip(base.state_dict().values(), net.state_dict().values())) or \
+                set(base.state_dict()) != set(net.state_dict()):
+            raise ContrastSegError(f"--init {s.init}: its coarse network differs from --channels; give that model's channels")
+        net.load_state_dict(base.state_dict())
     model = VoxelSiamese(net, s.voxel_layers, max_voxels=s.max_voxels, max_false_negatives=s.max_false_negatives)
     dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     crop = tuple(s.coarse_crop)

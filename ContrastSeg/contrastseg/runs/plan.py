@@ -31,9 +31,15 @@ except ImportError:
 
 RUN_FORMAT = "contrastseg-run/1"
 PLAN, STATE, STREAM, LOG, LAUNCH = "plan.json", "state.json", "progress.jsonl", "log.txt", "launch.json"
-STAGES = ("pretrain", "finetune")
+STAGES = ("pretrain", "coarse", "refined")
+ALIASES = {"finetune": ("coarse", "refined")}  # what `--stages pretrain,finetune` means: both networks learn
 MIN_PRETRAIN_IMAGES = 2
-WEIGHTS = {"pretrain": 1.0, "finetune": 1.0, "validate": 0.15, "register": 0.02}
+AUTO_VALIDATION_FROM = 4  # labelled cases needed before one (not a correction) is held out without being marked
+# The loop's defaults (METHODS §9): both stages, from the base weights, at lower learning rates than training
+# from scratch; sized so 1-3 corrected cases retrain in well under 10 minutes on 2 CPU threads.
+LOOP_COARSE = {"steps": 250, "batch": 2, "lr": 5e-4}
+LOOP_REFINED = {"steps": 300, "batch": 16, "lr": 3e-4}
+SECONDS_PER_STEP = {"pretrain": 1.0, "coarse": 0.8, "refined": 0.6}  # 2 CPU threads; only for the ETA's weights
 
 
 def runs_root() -> Path:
@@ -45,20 +51,26 @@ class RunRequest:
     """What the user asked for (Slicer's training panel or `contrastseg run plan`)."""
 
     dataset: Path
-    stages: tuple[str, ...] = ("finetune",)
+    stages: tuple[str, ...] = ("coarse", "refined")
     strategy: str | None = None
     base: str | None = None  # model name or folder; None = the store's default model
-    steps: int = RefinedSettings.steps
-    batch: int = RefinedSettings.batch
+    steps: int = LOOP_REFINED["steps"]  # the refined network's
+    batch: int = LOOP_REFINED["batch"]
+    coarse_steps: int = LOOP_COARSE["steps"]
     pretrain_steps: int = PRETRAIN_DEFAULTS[0]
     pretrain_batch: int = PRETRAIN_DEFAULTS[1]
-    validation: int | None = None  # held-out labelled cases; None = 1 if there are 2 or more, else 0
     device: str = "auto"
     threads: int | None = None
     name: str | None = None
     seed: int = 0
-    finetune_args: list[str] = field(default_factory=list)
+    finetune_args: list[str] = field(default_factory=list)  # more `contrastseg finetune` options (refined)
+    coarse_args: list[str] = field(default_factory=list)  # more `contrastseg train-coarse` options
     pretrain_args: list[str] = field(default_factory=list)
+
+    def stage_set(self) -> tuple[str, ...]:
+        """The stages asked for, aliases expanded, in run order."""
+        asked = {t for s in self.stages for t in ALIASES.get(s, (s,))}
+        return tuple(s for s in STAGES if s in asked)
 
 
 @dataclass
@@ -71,6 +83,8 @@ class Preflight:
     images: int = 0
     validation: int = 0
     suggested_batch: int | None = None
+    held_out: list[str] = field(default_factory=list)  # entry ids kept for before/after numbers only
+    note: str = ""  # one sentence on the validation rule's outcome, for the panel and the card
 
 
 def torch_missing() -> bool:
@@ -81,18 +95,50 @@ def torch_missing() -> bool:
 
 
 def pretrain_strategies() -> list[str] | None:
-    """The pretraining strategies a run can use (those that pretrain the refined encoder), or None if none.
+    """The pretraining strategies a run can use, or None if this engine has none.
 
     Read from the torch-free settings module, so the Slicer panel can list them without loading torch.
+    Voxel-simsiam pretrains the coarse U-Net; the others the refined network's encoder.
     """
     try:
         from ..pretrain.settings import STRATEGY_NAMES
     except ImportError:
         return None
-    return [n for n in STRATEGY_NAMES if n not in COARSE_STRATEGIES]
+    return list(STRATEGY_NAMES)
 
 
-COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net: `contrastseg pretrain` + `train-coarse`
+COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net, which the coarse stage then fine-tunes
+
+
+def is_correction(record: dict) -> bool:
+    """A case the user corrected (exported with its initial segmentation), as opposed to an imported label map."""
+    prov = record.get("provenance") or {}
+    return bool(prov.get("edited") is not None or prov.get("initial_dice") is not None or prov.get("model"))
+
+
+def split_validation(labelled: list[dict], seed: int = 0) -> tuple[list[dict], list[dict], str]:
+    """(train, held out, why): the validation rule (README "Retraining").
+
+    Corrected cases always train. A case is held out only when the user marked it (`dataset add --validation`,
+    the checkbox in Slicer), or, when there are at least AUTO_VALIDATION_FROM labelled cases and none is
+    marked, one labelled case that is not a correction (chosen by the seed).
+    """
+    marked = [r for r in labelled if r.get("validation")]
+    if marked:
+        held = marked
+        why = f"{len(marked)} case(s) marked for validation held out: {', '.join(r['id'] for r in marked)}"
+    else:
+        candidates = sorted((r for r in labelled if not is_correction(r)), key=lambda r: r["id"])
+        if len(labelled) >= AUTO_VALIDATION_FROM and candidates:
+            pick = candidates[int(np.random.default_rng(seed).integers(len(candidates)))]
+            held = [pick]
+            why = f"{pick['id']} held out for validation ({len(labelled)} labelled cases, it is not a correction)"
+        else:
+            held = []
+            why = ("no case was held out for validation: every labelled case trains (mark one with "
+                   "`dataset add --validation` or the Validation checkbox of the export to get after-numbers)")
+    ids = {r["id"] for r in held}
+    return [r for r in labelled if r["id"] not in ids], held, why
 
 
 def preflight(req: RunRequest) -> Preflight:
@@ -108,35 +154,34 @@ def preflight(req: RunRequest) -> Preflight:
     except ContrastSegError as err:
         return Preflight([str(err)], [])
     labelled = [r for r in records if r.get("labels")]
-    val = req.validation if req.validation is not None else (1 if len(labelled) >= 2 else 0)
-    result = Preflight(errors, warnings, len(labelled), len(records), val)
-    unknown = [s for s in req.stages if s not in STAGES]
-    if unknown or not req.stages:
-        errors.append(f"unknown stages {unknown or '(none)'}; choose from {list(STAGES)}")
-    if "finetune" not in req.stages:
-        errors.append("a run must fine-tune (pretraining alone makes no segmentation model)")
-    if val < 0 or val > len(labelled):
-        errors.append(f"cannot hold out {val} cases for validation: the dataset has {len(labelled)} labelled cases")
-    elif len(labelled) - val < 1:
-        errors.append(f"fine-tuning needs at least {1 + val} labelled cases (1 to train on"
-                      f"{f', {val} held out for validation' if val else ''}); the dataset at {req.dataset} has "
-                      f"{len(labelled)}. Export more corrected cases{' or set validation to 0' if val else ''}.")
-    if "pretrain" in req.stages:
+    train, held, why = split_validation(labelled, req.seed)
+    result = Preflight(errors, warnings, len(labelled), len(records), len(held), held_out=[r["id"] for r in held], note=why)
+    stages = req.stage_set()
+    unknown = [s for s in req.stages if s not in STAGES and s not in ALIASES]
+    if unknown or not stages:
+        errors.append(f"unknown stages {unknown or '(none)'}; choose from {list(STAGES)} (finetune = coarse,refined)")
+    if not {"coarse", "refined"} & set(stages):
+        errors.append("a run must fine-tune the coarse or the refined network (pretraining alone makes no segmentation model)")
+    if not train:
+        errors.append(f"fine-tuning needs at least 1 labelled case to train on; the dataset at {req.dataset} has "
+                      f"{len(labelled)}{f', all {len(held)} marked for validation' if held else ''}. Export a corrected case.")
+    if "pretrain" in stages:
         strategies = pretrain_strategies()
         if strategies is None:
             errors.append("this ContrastSeg engine has no pretraining command; choose fine-tuning only")
-        elif req.strategy in COARSE_STRATEGIES:
-            errors.append(f"{req.strategy} pretrains the coarse U-Net, and a run fine-tunes the refined network; use "
-                          f"`contrastseg pretrain --strategy {req.strategy}` and `contrastseg train-coarse` directly")
         elif req.strategy not in strategies:
             errors.append(f"unknown pretraining strategy '{req.strategy}'; choose one of {strategies}")
+        elif req.strategy in COARSE_STRATEGIES and "coarse" not in stages:
+            errors.append(f"{req.strategy} pretrains the coarse U-Net: add the coarse stage")
+        elif req.strategy not in COARSE_STRATEGIES and "refined" not in stages:
+            errors.append(f"{req.strategy} pretrains the refined network's encoder: add the refined stage")
         if req.pretrain_batch < 2:
             errors.append("the pretraining batch must be at least 2 (contrastive losses need negatives)")
-        if len(records) - val < MIN_PRETRAIN_IMAGES:
+        if len(records) - len(held) < MIN_PRETRAIN_IMAGES and req.strategy not in COARSE_STRATEGIES:
             errors.append(f"pretraining needs at least {MIN_PRETRAIN_IMAGES} CTs besides the held-out ones (labelled or "
-                          f"not); the dataset has {len(records) - val}. Add unlabelled CTs with `contrastseg dataset add IMAGE`.")
-    for what, value in (("steps", req.steps), ("batch", req.batch), ("pretrain steps", req.pretrain_steps),
-                        ("pretrain batch", req.pretrain_batch)):
+                          f"not); the dataset has {len(records) - len(held)}. Add unlabelled CTs with `contrastseg dataset add IMAGE`.")
+    for what, value in (("steps", req.steps), ("batch", req.batch), ("coarse steps", req.coarse_steps),
+                        ("pretrain steps", req.pretrain_steps), ("pretrain batch", req.pretrain_batch)):
         if value < 1:
             errors.append(f"{what} must be at least 1 (got {value})")
     try:
@@ -144,6 +189,8 @@ def preflight(req: RunRequest) -> Preflight:
     except ContrastSegError as err:
         errors.append(f"base model: {err}")
         card = None
+    if card is not None and "refined" in stages and not card.get("refined") and not req.finetune_args:
+        warnings.append("the base model has no refined network: the refined stage starts from random weights")
     if req.device not in ("auto", "cpu", "cuda"):
         errors.append(f"unknown device '{req.device}'; use auto, cpu or cuda")
     elif req.device != "cpu" and card is not None and not errors:
@@ -205,59 +252,102 @@ def _snapshot(dataset: Path, records: list[dict], path: Path) -> list[dict]:
     return [{"id": r["id"], "image_sha256": r.get("image_sha256"), "labels_sha256": r.get("labels_sha256")} for r in records]
 
 
+def _weights(req: RunRequest, stages: tuple[str, ...], n_train: int, n_val: int) -> dict[str, float]:
+    """Each step's share of the run's progress bar: its expected seconds, so the ETA covers the whole run."""
+    w = {"pretrain": 30 + req.pretrain_steps * SECONDS_PER_STEP["pretrain"],
+         "coarse": 10 * n_train + req.coarse_steps * SECONDS_PER_STEP["coarse"],
+         "refined": 15 * n_train + req.steps * SECONDS_PER_STEP["refined"],
+         "validate": 15 * (n_train + 2 * n_val), "register": 1.0}
+    return {k: round(v, 1) for k, v in w.items() if k in stages or k in ("validate", "register")}
+
+
 def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]:
-    """Check the request, freeze the data and write `plan.json`; returns the run folder and the plan."""
+    """Check the request, freeze the data and write `plan.json`; returns the run folder and the plan.
+
+    Steps: [pretrain] -> coarse (train-coarse --base: partial labels, distillation, replay) -> refined
+    (finetune on the new coarse network's attention) -> validate -> register.
+    """
     from ..dataset_edit import latest_per_case, live_records
     from ..io import write_json
 
     check = preflight(req)
     if check.errors:
         raise ContrastSegError("; ".join(check.errors))
+    stages = req.stage_set()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = store.unused_name(req.name or f"{'-'.join(req.stages)}-{stamp}")
+    name = store.unused_name(req.name or f"{'-'.join(stages)}-{stamp}")
     run_dir = Path(run_dir) if run_dir else runs_root() / name
     if (run_dir / PLAN).exists():
         raise ContrastSegError(f"{run_dir} already holds a run; `contrastseg run start {run_dir}` resumes it")
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     records = latest_per_case(live_records(req.dataset))
     labelled = sorted((r for r in records if r.get("labels")), key=lambda r: r["id"])
-    order = np.random.default_rng(req.seed).permutation(len(labelled))
-    val_ids = {labelled[i]["id"] for i in order[: check.validation]}
-    data = {"train": _snapshot(req.dataset, [r for r in labelled if r["id"] not in val_ids], run_dir / "data/train.json"),
-            "validation": _snapshot(req.dataset, [r for r in labelled if r["id"] in val_ids], run_dir / "data/validation.json")}
+    train, held, why = split_validation(labelled, req.seed)
+    val_ids = {r["id"] for r in held}
+    data = {"train": _snapshot(req.dataset, train, run_dir / "data/train.json"),
+            "validation": _snapshot(req.dataset, held, run_dir / "data/validation.json")}
     base_path = store.resolve(req.base).resolve()
     base_card = read_card(base_path)
-    arch = _arch_args(_refined_card(base_card, req))
+    refined_card = _refined_card(base_card, req)
+    arch = _arch_args(refined_card)
     common = ["--seed", str(req.seed), "--device", req.device, "--progress", "json"]
     common += ["--threads", str(req.threads)] if req.threads else []
     steps = []
-    if "pretrain" in req.stages:
+    pretrained = None
+    if "pretrain" in stages:
         data["pretrain"] = _snapshot(req.dataset, [r for r in records if r["id"] not in val_ids], run_dir / "data/pretrain.json")
-        refined = _refined_card(base_card, req)
-        encoder = arch[:6] + ["--patch", str(refined.get("patch", 128)), "--inplane-spacing", str(refined.get("inplane_spacing", 1.5))]
+        if req.strategy in COARSE_STRATEGIES:
+            encoder = ["--channels", ",".join(map(str, base_card["coarse"]["channels"]))]
+        else:
+            encoder = arch[:6] + ["--patch", str(refined_card.get("patch", 128)),
+                                  "--inplane-spacing", str(refined_card.get("inplane_spacing", 1.5))]
         # unlabelled CTs get their organ attention from the base model's coarse network
         attention = ["--attention", str(base_path)] if any(not r.get("labels") for r in records if r["id"] not in val_ids) else []
+        init = ["--init", str(base_path)] if (req.strategy in COARSE_STRATEGIES or base_card.get("refined")) else []
         steps.append({"name": "pretrain", "kind": "cli", "argv": [
             "pretrain", "data/pretrain.json", "--strategy", req.strategy, "--run", "steps/pretrain",
-            "--steps", str(req.pretrain_steps), "--batch", str(req.pretrain_batch), *encoder, *attention, *common,
-            *req.pretrain_args]})
-        init = ["--init", "{pretrain.weights}"]  # the path the pretrain step announces as its "weights" output
-    else:
+            "--steps", str(req.pretrain_steps), "--batch", str(req.pretrain_batch), *encoder, *init, *attention,
+            *common, *req.pretrain_args]})
+        pretrained = "{pretrain.weights}"  # the path the pretrain step announces as its "weights" output
+    model_for_refined = str(base_path)
+    if "coarse" in stages:
+        init = ["--init", pretrained] if pretrained and req.strategy in COARSE_STRATEGIES else []
+        steps.append({"name": "coarse", "kind": "cli", "argv": [
+            "train-coarse", "data/train.json", "--run", "steps/coarse", "--base", str(base_path),
+            "--steps", str(req.coarse_steps), "--batch", str(LOOP_COARSE["batch"]), "--lr", str(LOOP_COARSE["lr"]),
+            "--channels", ",".join(map(str, base_card["coarse"]["channels"])),
+            "--spacing", ",".join(map(str, base_card["coarse"]["spacing"])), *init, *common, *req.coarse_args]})
+        model_for_refined = "{coarse.model}"
+    if "refined" in stages:
         refined = base_card.get("refined")
         init = ["--init", str(base_path / refined["weights"])] if refined else []
-    steps.append({"name": "finetune", "kind": "cli", "argv": [
-        "finetune", "data/train.json", "--run", "steps/finetune", "--base", str(base_path), "--steps", str(req.steps),
-        "--batch", str(req.batch), *init, *arch, *common, *req.finetune_args]})
+        if pretrained and req.strategy not in COARSE_STRATEGIES:
+            init += ["--encoder", pretrained]
+        steps.append({"name": "refined", "kind": "cli", "argv": [
+            "finetune", "data/train.json", "--run", "steps/refined", "--base", model_for_refined,
+            "--steps", str(req.steps), "--batch", str(req.batch), "--lr", str(LOOP_REFINED["lr"]), *init, *arch,
+            *common, *req.finetune_args]})
     steps += [{"name": "validate", "kind": "validate"}, {"name": "register", "kind": "register"}]
+    weights = _weights(req, stages, len(train), len(held))
     for s in steps:
-        s["weight"] = WEIGHTS[s["name"]]
+        s["weight"] = weights[s["name"]]
     plan = {"format": RUN_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dataset": str(Path(req.dataset).resolve()), "base": {"name": str(req.base or store.default_name()),
             "path": str(base_path)}, "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-            asdict(req).items() if k != "dataset"}, "data": data, "steps": steps, "warnings": check.warnings}
+            asdict(req).items() if k != "dataset"}, "stages": list(stages), "data": data, "validation_rule": why,
+            "steps": steps, "warnings": check.warnings}
     write_json(plan, run_dir / PLAN)
     write_json({"status": "planned", "completed": [], "outputs": {}}, run_dir / STATE)
     return run_dir, plan
+
+
+def final_model_step(plan: dict) -> str:
+    """The training step whose model the run registers: the last of refined, coarse."""
+    names = [s["name"] for s in plan["steps"]]
+    for name in ("refined", "finetune", "coarse"):  # "finetune": runs planned before both stages learned
+        if name in names:
+            return name
+    raise ContrastSegError(f"run {plan.get('name')} has no training step")
 
 
 def read_plan(run_dir: Path) -> dict:

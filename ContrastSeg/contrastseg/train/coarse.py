@@ -1,7 +1,9 @@
-"""Supervised training of the coarse 3D U-Net (Dice + cross-entropy on random crops of the low-res grid)."""
+"""Supervised training of the coarse 3D U-Net (Dice + cross-entropy on random crops of the low-res grid), from
+scratch or, in the loop, fine-tuned from a base model on partially labelled corrected cases."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -9,14 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 
 from ..dataset import PreparedCase, entries, prepare_case
 from ..errors import ContrastSegError
-from ..models.files import build_coarse, save_stage, write_card
+from ..models.files import build_coarse, load_model, read_card, save_stage, write_card
+from ..organs import NUM_CLASSES
 from ..progress import Progress
 from .loop import cosine, train
+from .partial import marginal_dice_ce, merged_distillation
 from .provenance import dataset_provenance
+from .replay import find_replay, replay_cases
 from .settings import CoarseSettings
 
 
@@ -78,47 +82,93 @@ def load_coarse_init(path: Path, settings: CoarseSettings) -> torch.nn.Module:
     return net
 
 
+def _annotated_row(case: PreparedCase, organs: list[int]) -> np.ndarray:
+    row = np.zeros(NUM_CLASSES, dtype=bool)
+    row[[o for o in (case.annotated or []) if o in organs]] = True
+    return row
+
+
 def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device: torch.device,
-                 progress: Progress | None = None, init: torch.nn.Module | None = None) -> Path:
-    """Train the coarse network on a dataset's labelled entries; writes `run_dir/model` (card + weights)."""
-    labelled = entries(dataset, labelled_only=True)
+                 progress: Progress | None = None, init: torch.nn.Module | None = None,
+                 base_model: Path | None = None) -> Path:
+    """Train the coarse network on a dataset's labelled entries; writes `run_dir/model` (card + weights).
+
+    With `base_model` this is the loop's fine-tuning (METHODS §9): the network starts from the base's coarse
+    weights (unless `init` is given), each entry teaches only the organs it annotates (marginal Dice + CE),
+    the frozen base network is distilled on the rest (`settings.distill`), and a share of each batch
+    (`settings.replay`) comes from the base's own training cases where they are found on this machine. The
+    model written then is complete: the new coarse network with the base's refined one.
+    """
+    labelled = [e for e in entries(dataset, labelled_only=True) if not e.validation]
     if not labelled:
-        raise ContrastSegError(f"dataset {dataset} has no labelled entries; the coarse stage needs at least 1")
-    cache = Path(dataset if Path(dataset).is_dir() else Path(dataset).parent) / ".cache"
-    cases = [prepare_case(e, settings.spacing, cache) for e in labelled]
+        raise ContrastSegError(f"dataset {dataset} has no labelled entries to train on; the coarse stage needs at least 1")
+    base_card = read_card(base_model) if base_model is not None else None
+    replay_entries, replay_missing = find_replay(base_card) if base_card is not None and settings.replay > 0 else ([], [])
+    user_ids = {e.id for e in labelled}
+    replay_entries = [e for e in replay_entries if e.id not in user_ids]
+    cases = [prepare_case(e, settings.spacing) for e in labelled]
+    replay = [prepare_case(e, settings.spacing) for e in replay_entries]
     allowed = np.zeros(256, dtype=np.uint8)
     allowed[settings.organs] = settings.organs
-    for c in cases:
+    for c in cases + replay:
         c.labels = allowed[c.labels]
-    fg = [np.argwhere(c.labels > 0) for c in cases]
+    rows = [_annotated_row(c, settings.organs) for c in cases + replay]
+    fg = [np.argwhere(c.labels > 0) for c in cases + replay]
     torch.manual_seed(settings.seed)  # the same --seed gives the same starting weights
+    if init is None and base_card is not None:
+        init = load_model(base_model, stages=("coarse",)).coarse
     net = init if init is not None else build_coarse({"channels": settings.channels})
     net = net.to(device)
+    teacher = None
+    if base_card is not None and settings.distill > 0:
+        teacher = load_model(base_model, stages=("coarse",)).coarse.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-5)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    pool = cases + replay
+    n_user = len(cases)
 
     def step(rng: np.random.Generator) -> torch.Tensor:
-        picks = rng.integers(len(cases), size=settings.batch)
-        pairs = [sample_crop(cases[i], settings.crop, rng, settings.foreground_fraction, fg[i], settings.augment) for i in picks]
+        picks = [int(rng.integers(n_user, len(pool))) if replay and rng.random() < settings.replay
+                 else int(rng.integers(n_user)) for _ in range(settings.batch)]
+        pairs = [sample_crop(pool[i], settings.crop, rng, settings.foreground_fraction, fg[i], settings.augment) for i in picks]
         x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64)).to(device)
-        return loss_fn(net(x), y)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(device)
+        annotated = torch.from_numpy(np.stack([rows[i] for i in picks])).to(device)
+        logits = net(x)
+        loss = marginal_dice_ce(logits, y, annotated)
+        if teacher is not None:
+            with torch.no_grad():
+                target_logits = teacher(x)
+            loss = loss + settings.distill * merged_distillation(logits, target_logits, y, annotated)
+        return loss
 
     t0 = time.time()
     summary = train(run_dir, net, optimizer, step, settings.steps, settings.seed, progress=progress,
-                    items_per_step=settings.batch, scheduler_fn=cosine(settings.steps, warmup=50))
+                    items_per_step=settings.batch, scheduler_fn=cosine(settings.steps, warmup=min(50, settings.steps // 5)))
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = save_stage(model_dir, "coarse", net)
-    present = sorted({int(v) for c in cases for v in np.unique(c.labels)} - {0})
-    write_card(model_dir, {
-        "name": run_dir.name,
-        "organs": present,
-        "coarse": {"architecture": "CoarseUNet", "channels": list(settings.channels), "spacing": list(settings.spacing),
-                   "weights": weights},
-        "preprocessing": {"orientation": "RAS", "hu_window": [-175, 250], "scaling": "percentile 1-99 of the clipped volume"},
-        "training": {"coarse": {"settings": asdict(settings), "summary": summary, "device": str(device),
-                                "wall_seconds": round(time.time() - t0, 1),
-                                "data": dataset_provenance(labelled)}},
-    })
+    present = sorted({int(v) for c in cases + replay for v in np.unique(c.labels)} - {0})
+    record = {"settings": asdict(settings), "summary": summary, "device": str(device),
+              "wall_seconds": round(time.time() - t0, 1), "data": dataset_provenance(labelled),
+              "organs_annotated": sorted({o for r in rows[:n_user] for o in np.nonzero(r)[0].tolist()}),
+              "replay": {"used": [e.id for e in replay_entries], "not_found": [c.get("id") for c in replay_missing]}}
+    coarse = {"architecture": "CoarseUNet", "channels": list(settings.channels), "spacing": list(settings.spacing),
+              "weights": weights}
+    if base_card is None:
+        write_card(model_dir, {
+            "name": run_dir.name, "organs": present, "coarse": coarse,
+            "preprocessing": {"orientation": "RAS", "hu_window": [-175, 250], "scaling": "percentile 1-99 of the clipped volume"},
+            "training": {"coarse": record}})
+        return model_dir
+    card = dict(base_card, name=run_dir.name, coarse=coarse, replay=replay_cases(base_card),
+                organs=sorted(set(base_card["organs"]) | {o for o in record["organs_annotated"] if o in present}))
+    if base_card.get("refined"):
+        base_folder = Path(base_model) if Path(base_model).is_dir() else Path(base_model).parent
+        shutil.copyfile(base_folder / base_card["refined"]["weights"], model_dir / "refined.safetensors")
+        card["refined"] = dict(base_card["refined"], weights="refined.safetensors")
+    record["base"] = str(base_model)
+    card["training"] = dict(base_card.get("training", {}), coarse=record)
+    write_card(model_dir, card)
     return model_dir

@@ -19,7 +19,9 @@ class CoarseSettings:
     foreground_fraction: float = 0.7
     augment: bool = True  # random scale, gamma, contrast and noise (see train.coarse.sample_crop)
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
-
+    # fine-tuning from a base model (the loop, METHODS §9); both need the base, and are off without one
+    replay: float = 1 / 3  # share of each batch drawn from the base model's own training cases, where found
+    distill: float = 1.0  # weight of the distillation toward the base on organs an entry does not annotate
 
 
 @dataclass
@@ -37,6 +39,10 @@ class RefinedSettings:
     seed: int = 0
     freeze_encoder: bool = False
     margin: int = 16
+    # the loop: where the attention channel comes from while training, and the base's cases mixed in
+    coarse_attention: float = 0.5  # share of patches whose attention is the coarse network's output (else: the
+    #                                perturbed truth); only when the base model's coarse network is at hand
+    replay: float = 1 / 3
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
 
     def card(self) -> dict:
