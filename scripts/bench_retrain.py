@@ -3,10 +3,10 @@ preprocessing included) on 1 to 3 labelled cases, each timed step by step from t
 
 The cases (read in place from ../shared/data): IRCAD patient 1 with its manual masks (512x512x129), the
 TotalSegmentator DICOM series with its labels (512x512x20) and example_ct_sm (122x101x30). Each measurement
-starts with an empty preprocessing cache (a fresh $CONTRASTSEG_HOME), so "preprocess" is included; the
-cache-warm time of a second run is printed too.
+starts with an empty preprocessing cache (a fresh $CONTRASTSEG_HOME), so "preprocess" is included; with
+--warm, the time of a second run on the warm cache is printed too.
 
-    python scripts/bench_retrain.py --cases 1,3 --threads 2 [--device cuda]
+    python scripts/bench_retrain.py --cases 1,3 --threads 2 [--warm] [--device cuda]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", type=Path, default=REPO / "work" / "bench-retrain")
+    ap.add_argument("--warm", action="store_true", help="also time a second run on the warm preprocessing cache")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     labels = args.work / "ircad-labels.nii.gz"
@@ -88,7 +89,7 @@ def main() -> None:
         for i, (image, lab, id_map) in enumerate(cases[:n]):
             cli("dataset", "add", str(image), str(lab), "--case", f"case{i}", "--dataset", str(ds),
                 *(["--id-map", id_map] if id_map else []), env=env)
-        for cache in ("cold", "warm"):
+        for cache in ("cold", "warm") if args.warm else ("cold",):
             name = f"bench-{n}-{cache}"
             t0 = time.perf_counter()
             cli("run", "plan", "--dataset", str(ds), "--name", name, "--threads", str(args.threads), "--device", args.device,

@@ -113,11 +113,16 @@ def initial_dice(initial: np.ndarray, final: np.ndarray, organs: list[int]) -> d
     return out
 
 
+def _image_rel(source: Path, case: str, source_sha: str) -> str:
+    suffix = ".nii.gz" if source.is_file() and source.name.lower().endswith(".nii.gz") else ".nrrd"
+    return f"images/{case}-{source_sha[:12]}{suffix}"
+
+
 def _store_image(folder: Path, source: Path, case: str, source_sha: str) -> tuple[str, sitk.Image]:
     """Put the CT in images/ once per distinct file: NIfTI is copied byte for byte, others become NRRD."""
     (folder / "images").mkdir(exist_ok=True)
-    suffix = ".nii.gz" if source.is_file() and source.name.lower().endswith(".nii.gz") else ".nrrd"
-    rel = f"images/{case}-{source_sha[:12]}{suffix}"
+    rel = _image_rel(source, case, source_sha)
+    suffix = ".nii.gz" if rel.endswith(".nii.gz") else ".nrrd"
     target = folder / rel
     if not target.exists():
         with atomic_path(target) as tmp:
@@ -178,6 +183,7 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
                 if outside else f"unknown organ ids {unknown} in --organs")
     if validation and lab is None:
         raise ContrastSegError("only a labelled case can be held out for validation")
+    first = read_labels(initial, ct, _id_map(initial_id_map)) if (initial is not None and lab is not None) else None
     source_sha = sha256(image)
     uids = dicom or dicom_uids(image)
     with locked(folder):
@@ -190,41 +196,76 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
             raise ContrastSegError(f"entry id '{entry_id}' is not allowed (letters, digits, _ . -)")
         if any(r["id"] == entry_id for r in data["entries"]):
             raise ContrastSegError(f"dataset {folder} already has an entry '{entry_id}'; entries are never overwritten")
-        image_rel, stored = _store_image(folder, image, case, source_sha)
-        record = {"id": entry_id, "case": case, "version": version, "image": image_rel, "labels": None,
-                  "id_map": None, "phase": phase, "source": source or f"{image.name}",
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "image_sha256": sha256(folder / image_rel),
-                  "geometry": geometry(stored)}
-        prov = {"volume_name": volume_name or image.name, "source_path": str(image.resolve()),
-                "source_image_sha256": source_sha, "dicom": uids, "model": model}
-        if lab is not None:
-            labels_rel = f"labels/{entry_id}{LABEL_SUFFIX}"
-            if (folder / labels_rel).exists():
-                raise ContrastSegError(f"{folder / labels_rel} exists; a corrected label map is never overwritten")
-            (folder / "labels").mkdir(exist_ok=True)
-            arr = sitk.GetArrayFromImage(lab)
-            present = sorted(int(v) for v in np.unique(arr) if v)
-            write_labels(lab, folder / labels_rel, present or [])
-            annotated = sorted(organs) if organs is not None else present
-            record.update(labels=labels_rel, labels_sha256=sha256(folder / labels_rel), organs=annotated,
-                          organ_voxels={BY_ID[o].key: int(np.count_nonzero(arr == o)) for o in annotated})
-            if validation:
-                record["validation"] = True
-            prov["labels_source"] = str(Path(labels).resolve())
-            if initial is not None:
-                first = read_labels(initial, ct, _id_map(initial_id_map))
-                before = sitk.GetArrayFromImage(first)
-                initial_rel = f"labels/{entry_id}-initial{LABEL_SUFFIX}"
-                write_labels(first, folder / initial_rel, sorted(int(v) for v in np.unique(before) if v))
-                record.update(initial=initial_rel, initial_sha256=sha256(folder / initial_rel))
-                prov.update(changes(before, arr))
-                prov["initial_dice"] = initial_dice(before, arr, annotated)
-        if note:
-            prov["note"] = note
-        prov.update(extra or {})
-        record["provenance"] = prov
-        data["entries"].append(record)
-        _save(folder, data)
+        created: list[Path] = []  # removed again if this add fails: a failed add leaves nothing behind
+        try:
+            record = _write_entry(folder, data, created, image, ct, lab, first, entry_id, case, version, labels,
+                                  source_sha, uids, organs, validation, phase, source, model, volume_name, note, extra)
+            data["entries"].append(record)
+            _save(folder, data)
+        except BaseException:
+            for path in reversed(created):
+                path.unlink(missing_ok=True)
+            raise
+    return record
+
+
+def _set_aside_orphan(folder: Path, rel: str, data: dict) -> None:
+    """A label file under an entry's name that no entry references was left by an add that was killed
+    mid-write: move it to trash/orphans/ (never deleted) so the retry can use the name."""
+    referenced = {r.get(k) for r in data["entries"] for k in ("labels", "initial")}
+    path = folder / rel
+    if not path.exists() or rel in referenced:
+        if path.exists():
+            raise ContrastSegError(f"{path} exists; a corrected label map is never overwritten")
+        return
+    target = folder / TRASH / "orphans" / f"{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    side = Path(split_suffix(str(path))[0] + ".json")
+    if side.exists():
+        os.replace(side, target.with_name(target.name + ".json"))
+
+
+def _write_entry(folder, data, created, image, ct, lab, first, entry_id, case, version, labels, source_sha, uids,
+                 organs, validation, phase, source, model, volume_name, note, extra) -> dict:
+    """The files of one new entry (recorded in `created` as they appear) and its manifest record."""
+    image_target = folder / _image_rel(image, case, source_sha)
+    if not image_target.exists():
+        created.append(image_target)
+    image_rel, stored = _store_image(folder, image, case, source_sha)
+    record = {"id": entry_id, "case": case, "version": version, "image": image_rel, "labels": None,
+              "id_map": None, "phase": phase, "source": source or f"{image.name}",
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "image_sha256": sha256(folder / image_rel),
+              "geometry": geometry(stored)}
+    prov = {"volume_name": volume_name or image.name, "source_path": str(image.resolve()),
+            "source_image_sha256": source_sha, "dicom": uids, "model": model}
+    if lab is not None:
+        labels_rel = f"labels/{entry_id}{LABEL_SUFFIX}"
+        (folder / "labels").mkdir(exist_ok=True)
+        arr = sitk.GetArrayFromImage(lab)
+        present = sorted(int(v) for v in np.unique(arr) if v)
+        _set_aside_orphan(folder, labels_rel, data)
+        created += [folder / labels_rel, Path(split_suffix(str(folder / labels_rel))[0] + ".json")]
+        write_labels(lab, folder / labels_rel, present or [])
+        annotated = sorted(organs) if organs is not None else present
+        record.update(labels=labels_rel, labels_sha256=sha256(folder / labels_rel), organs=annotated,
+                      organ_voxels={BY_ID[o].key: int(np.count_nonzero(arr == o)) for o in annotated})
+        if validation:
+            record["validation"] = True
+        prov["labels_source"] = str(Path(labels).resolve())
+        if first is not None:
+            before = sitk.GetArrayFromImage(first)
+            initial_rel = f"labels/{entry_id}-initial{LABEL_SUFFIX}"
+            _set_aside_orphan(folder, initial_rel, data)
+            created += [folder / initial_rel, Path(split_suffix(str(folder / initial_rel))[0] + ".json")]
+            write_labels(first, folder / initial_rel, sorted(int(v) for v in np.unique(before) if v))
+            record.update(initial=initial_rel, initial_sha256=sha256(folder / initial_rel))
+            prov.update(changes(before, arr))
+            prov["initial_dice"] = initial_dice(before, arr, annotated)
+    if note:
+        prov["note"] = note
+    prov.update(extra or {})
+    record["provenance"] = prov
     return record
 
 
@@ -285,11 +326,13 @@ def remove_entry(dataset: str | os.PathLike, entry_id: str) -> dict:
     return rec
 
 
-def check(dataset: str | os.PathLike) -> tuple[list[str], list[str]]:
+def check(dataset: str | os.PathLike, fix: bool = False) -> tuple[list[str], list[str]]:
     """Verify every live entry (files present, SHA-256, readable 3D CT, labels on its grid with BTCV ids).
 
     Returns (problems, warnings): problems make an entry unusable; warnings are files no entry uses (left
-    by an interrupted write) and entries without a recorded checksum (datasets written by hand).
+    by an interrupted write), hidden partial files (temporaries of a write that was killed) and entries
+    without a recorded checksum (datasets written by hand). `fix` moves the files no entry uses, and only
+    those, to trash/orphans/: a referenced file is never touched.
     """
     folder = Path(dataset)
     base = folder if folder.is_dir() else folder.parent
@@ -330,10 +373,29 @@ def check(dataset: str | os.PathLike) -> tuple[list[str], list[str]]:
                 read_labels(base / rec["labels"], image, _id_map(rec.get("id_map")))
         except ContrastSegError as err:
             problems.append(f"{pid}: {err}")
-    for sub in ("images", "labels"):
-        for p in sorted((base / sub).glob("*")) if (base / sub).is_dir() else []:
-            if p.is_file() and not p.name.startswith(".") and f"{sub}/{p.name}" not in used:
-                warnings.append(f"{sub}/{p.name} belongs to no entry (left by an interrupted write; safe to delete)")
+    strays = []
+    for sub in ("", "images", "labels"):
+        folder_ = base / sub if sub else base
+        for p in sorted(folder_.glob("*")) if folder_.is_dir() else []:
+            rel = f"{sub}/{p.name}" if sub else p.name
+            if not p.is_file() or rel in used or rel in (MANIFEST, ".lock"):
+                continue
+            if p.name.startswith("."):
+                strays.append(p)
+                warnings.append(f"{rel} is a partial file of an interrupted write")
+            elif sub:
+                strays.append(p)
+                warnings.append(f"{rel} belongs to no entry (left by an interrupted write)")
+    if strays and fix:
+        target = base / TRASH / "orphans" / time.strftime("%Y%m%d-%H%M%S")
+        with locked(base):
+            target.mkdir(parents=True, exist_ok=True)
+            for p in strays:
+                if p.exists():  # an add that held the lock meanwhile has renamed its temporaries
+                    os.replace(p, target / p.name)
+        warnings.append(f"moved {len(strays)} file(s) no entry uses to {target.relative_to(base)} (nothing deleted)")
+    elif strays:
+        warnings.append("`contrastseg dataset check --fix` moves them to the dataset's trash/orphans/")
     return problems, warnings
 
 

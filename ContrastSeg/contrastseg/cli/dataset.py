@@ -57,6 +57,9 @@ def register(sub) -> None:
     r.set_defaults(func=run_remove)
 
     c = dsub.add_parser("check", help="verify checksums, geometry and label ids of every entry")
+    c.add_argument("--fix", action="store_true",
+                   help="move files no entry uses (partial files of interrupted writes) to trash/orphans/; "
+                        "a referenced file is never touched")
     _dataset_option(c)
     c.set_defaults(func=run_check)
 
@@ -119,7 +122,7 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from ..dataset_edit import check
 
-    problems, warnings = check(_folder(args))
+    problems, warnings = check(_folder(args), fix=args.fix)
     for w in warnings:
         print(f"warning: {w}")
     for p in problems:

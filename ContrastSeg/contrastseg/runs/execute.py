@@ -9,6 +9,7 @@ running the plan again resumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,8 +120,10 @@ class Runner:
         code = self.child.wait()
         self.child = None
         if code != 0:
-            raise ContrastSegError(error or f"step {name} failed (exit code {code}); see {self.run_dir / 'progress.stderr.txt'}"
-                                   f" and {self.run_dir / 'steps' / name / 'log.txt'}")
+            logs = [p for p in (self.run_dir / "progress.stderr.txt", self.run_dir / "steps" / name / "log.txt", self.run_dir / LOG)
+                    if p.exists()]
+            raise ContrastSegError(error or f"step {name} failed (exit code {code})"
+                                   f"{'; see ' + ' and '.join(map(str, logs)) if logs else ''}")
 
     def stop_child(self) -> None:
         if self.child is not None and self.child.poll() is None:
@@ -133,8 +136,10 @@ class Runner:
 
     def execute(self) -> dict:
         """Run the steps not yet finished; returns the final state. Raises ContrastSegError or Cancelled."""
+        from .plan import check_snapshot
         from .validate import register_model, validate
 
+        check_snapshot(self.run_dir, self.plan)
         completed = set(self.state.get("completed", []))
         self.save(status="running", pid=os.getpid(), started=self.state.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   message=None)
@@ -163,8 +168,36 @@ class Runner:
         return self.state
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """One process per run: an OS lock on RUN/.lock, released by the OS when the process ends, even by a crash."""
+    fh = open(Path(run_dir) / ".lock", "a+")
+    try:
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ContrastSegError(f"run {Path(run_dir).name} is already running in another process; "
+                                   f"`contrastseg run status {run_dir}` shows it") from None
+        yield
+    finally:
+        fh.close()
+
+
 def execute(run_dir: Path, progress: Progress) -> dict:
     """Execute (or resume) the plan in `run_dir`, recording failure, cancel and success in state.json."""
+    read_plan(run_dir)  # a folder without a plan is refused before a lock file is made in it
+    with run_lock(run_dir):
+        return _execute(run_dir, progress)
+
+
+def _execute(run_dir: Path, progress: Progress) -> dict:
     runner = Runner(run_dir, progress)
     if runner.state.get("status") == "done":
         progress.finish(model=runner.state.get("model"), validation=runner.state.get("validation"), already=True)

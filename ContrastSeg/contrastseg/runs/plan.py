@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -180,6 +181,12 @@ def preflight(req: RunRequest) -> Preflight:
         if len(records) - len(held) < MIN_PRETRAIN_IMAGES and req.strategy not in COARSE_STRATEGIES:
             errors.append(f"pretraining needs at least {MIN_PRETRAIN_IMAGES} CTs besides the held-out ones (labelled or "
                           f"not); the dataset has {len(records) - len(held)}. Add unlabelled CTs with `contrastseg dataset add IMAGE`.")
+    if req.name is not None and not re.fullmatch(store.NAME_RE, req.name):
+        errors.append(f"run name '{req.name}' is not allowed: up to 64 letters, digits, '.', '_' or '-', starting with "
+                      "a letter or digit (it names the run folder and the model)")
+    empty = [r["id"] for r in train if r.get("organ_voxels") is not None and not any(r["organ_voxels"].values())]
+    if train and len(empty) == len(train):
+        errors.append(f"the labelled case(s) to train on ({', '.join(empty)}) hold no organ voxels: nothing to learn from")
     for what, value in (("steps", req.steps), ("batch", req.batch), ("coarse steps", req.coarse_steps),
                         ("pretrain steps", req.pretrain_steps), ("pretrain batch", req.pretrain_batch)):
         if value < 1:
@@ -204,7 +211,10 @@ def preflight(req: RunRequest) -> Preflight:
 
 
 def read_card(folder: Path) -> dict:
-    """A model card as JSON, checked like models.files.read_card but without importing torch (Slicer plans runs)."""
+    """A model card as JSON, checked like models.files.read_card but without importing torch (Slicer plans
+    runs): its weights files exist and have the SHA-256 the card records, so a broken base is found at plan."""
+    from ..checksum import sha256
+
     path = Path(folder) / "card.json"
     try:
         card = json.loads(path.read_text())
@@ -212,6 +222,16 @@ def read_card(folder: Path) -> dict:
         raise ContrastSegError(f"no readable model card at {path} ({err})") from None
     if not isinstance(card, dict) or card.get("format") != "contrastseg-model/1" or not card.get("coarse"):
         raise ContrastSegError(f"{path} is not a ContrastSeg model card with a coarse network")
+    for stage in ("coarse", "refined"):
+        settings = card.get(stage)
+        if not isinstance(settings, dict):
+            continue
+        weights = Path(folder) / str(settings.get("weights"))
+        if not weights.is_file():
+            raise ContrastSegError(f"model {folder}: its {stage} weights file {settings.get('weights')} is missing")
+        if settings.get("sha256") and sha256(weights) != settings["sha256"]:
+            raise ContrastSegError(f"model {folder}: {weights.name} does not match the SHA-256 its card records "
+                                   "(changed or damaged); copy the model again or choose another base")
     return card
 
 
@@ -339,6 +359,27 @@ def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]
     write_json(plan, run_dir / PLAN)
     write_json({"status": "planned", "completed": [], "outputs": {}}, run_dir / STATE)
     return run_dir, plan
+
+
+def check_snapshot(run_dir: Path, plan: dict) -> None:
+    """The files the plan froze still have their SHA-256: a dataset changed after planning is refused."""
+    from ..checksum import sha256
+
+    for split in ("train", "validation"):
+        frozen = {d["id"]: d for d in plan["data"].get(split, [])}
+        try:
+            records = json.loads((Path(run_dir) / "data" / f"{split}.json").read_text())["entries"]
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            raise ContrastSegError(f"{run_dir}/data/{split}.json is unreadable ({err}); plan the run again") from None
+        for rec in records:
+            want = frozen.get(rec["id"], {})
+            for key in ("image", "labels"):
+                if rec.get(key) and want.get(f"{key}_sha256"):
+                    path = Path(rec[key])
+                    if not path.exists() or sha256(path) != want[f"{key}_sha256"]:
+                        raise ContrastSegError(
+                            f"the dataset changed after this run was planned: {rec['id']}'s {key} ({path}) "
+                            f"{'is gone' if not path.exists() else 'has another SHA-256'}; plan a new run")
 
 
 def final_model_step(plan: dict) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..errors import ContrastSegError
 from ..outputs import atomic_path, write_safetensors
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,14 +43,20 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     """Restore model (and optimizer) from `run_dir`; returns the checkpoint's JSON, or None if there is none."""
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / STATE).exists():
         return None
-    tensors = load_file(str(run_dir / CHECKPOINT))
-    meta = json.loads((run_dir / STATE).read_text())
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    if optimizer is not None:
-        state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, name = k.split(".", 2)
-                state.setdefault(int(idx), {})[name] = v
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        tensors = load_file(str(run_dir / CHECKPOINT))
+        meta = json.loads((run_dir / STATE).read_text())
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        if optimizer is not None:
+            state: dict = {}
+            for k, v in tensors.items():
+                if k.startswith("optim."):
+                    _, idx, name = k.split(".", 2)
+                    state.setdefault(int(idx), {})[name] = v
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except Exception as err:  # safetensors, JSON and torch each raise their own kinds for a damaged file
+        raise ContrastSegError(
+            f"the checkpoint in {run_dir} ({CHECKPOINT} + {STATE}) is damaged and cannot be resumed from "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'unreadable'}); to restart this "
+            f"step from scratch, delete those two files and start the run again") from None
     return meta

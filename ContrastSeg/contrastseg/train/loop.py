@@ -41,6 +41,7 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = load_checkpoint(run_dir, model, optimizer)
     start = meta["step"] if meta else 0
+    _truncate_history(run_dir, start)  # the steps after the checkpoint are trained again: no duplicate lines
     base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
     for g, lr in zip(optimizer.param_groups, base_lrs):
         g["initial_lr"] = lr
@@ -86,6 +87,24 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     model.eval()
     return {"steps": steps, "resumed_from": start, "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _truncate_history(run_dir: Path, start: int) -> None:
+    """Keep the history lines of steps 1..start (what the checkpoint holds); later ones are redone."""
+    path = run_dir / HISTORY
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= start]
+    tmp = path.with_name(f".{HISTORY}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.replace(path)
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a torn last line (killed mid-write) is dropped
 
 
 def read_history(run_dir: Path) -> list[dict]:
