@@ -223,3 +223,19 @@ def test_finetuning_the_default_model_continues_from_it(tmp_path):
     base, new = val["base"], val["model"]
     assert base["organs"]["liver"] > 0.7, base
     assert new["mean_dice"] >= base["mean_dice"] - 0.05 and new["organs"]["liver"] >= base["organs"]["liver"] - 0.05, val
+
+
+@needs_data
+def test_voxel_simsiam_pretraining_feeds_the_coarse_stage(tmp_path, tiny, capsys):
+    """voxel-simsiam pretrains the coarse U-Net (continued from the base's); train-coarse starts from it."""
+    ds = two_cases(tmp_path / "ds")
+    assert main(["run", "plan", "--dataset", str(ds), "--stages", "pretrain,finetune", "--strategy", "voxel-simsiam",
+                 "--base", str(tiny), "--pretrain-steps", "2", "--pretrain-batch", "2", "--steps", "2", "--batch", "2",
+                 "--coarse-steps", "2", "--device", "cpu", "--threads", "1", "--name", "vx", "--start",
+                 "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    weights = next(e["path"] for e in events if e["event"] == "output" and e.get("kind") == "weights")
+    log = (store.home() / "runs" / "vx" / "log.txt").read_text()
+    assert weights.endswith("coarse.safetensors") and f"train-coarse data/train.json" in log and f"--init {weights}" in log
+    assert "--encoder" not in log  # the refined network starts from the base's, not from a pretrained encoder
+    assert store.show("vx")["card"]["strategy"] == "voxel-simsiam"
