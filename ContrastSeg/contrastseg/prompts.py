@@ -1,0 +1,201 @@
+"""Prompted refinement (METHODS.md §10): a user's clicks, box or stroke become the refined network's attention
+channel, and one organ is re-segmented in 3D while every other organ stays exactly as it was.
+
+Hints live on the refined grid (the CT in canonical RAS order, 1.5 mm in-plane, slices kept):
+- positive point: a disc of 60 % of the organ's typical in-plane radius on the point's slice and on the
+  neighbouring slices within that radius (a ball, cut into slices);
+- negative point: that ball is removed from the attention, and the organ's connected component that holds
+  the point is removed from the result (a false positive gone with one click);
+- box: the inscribed ellipse on each slice the box spans; stroke or paint: its voxels, dilated 2 pixels;
+- the organ's current segment: the starting attention.
+Slices without a hint get attention by propagation: the prediction on the neighbouring slice, dilated 3
+pixels, slice after slice in both directions until the prediction is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from .errors import ContrastSegError
+from .infer import _pad_to
+from .models.files import Model
+from .organs import BY_ID
+from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like, to_canonical
+
+# Typical adult in-plane radius of each organ's cross-section (mm), for the size of a click's disc.
+TYPICAL_RADIUS_MM = {1: 35, 2: 25, 3: 25, 4: 15, 5: 8, 6: 60, 7: 35, 8: 11, 9: 11, 10: 7, 11: 12, 12: 8, 13: 8}
+CLICK_FRACTION = 0.6
+STROKE_DILATION = 2
+PROPAGATION_DILATION = 3
+MARGIN = 16  # pixels around the attention box, as at inference
+
+
+@dataclass
+class Prompts:
+    """Hints in world coordinates (LPS mm, ITK's physical space) or as a mask on the CT's own grid."""
+
+    positive: list[tuple[float, float, float]] = field(default_factory=list)
+    negative: list[tuple[float, float, float]] = field(default_factory=list)
+    boxes: list[tuple[tuple[float, float, float], tuple[float, float, float]]] = field(default_factory=list)
+    scribble: sitk.Image | None = None  # non-zero voxels = the stroke, on the CT's grid
+    use_current: bool = True  # start from the organ's current segment
+
+    def empty(self) -> bool:
+        return not (self.positive or self.boxes or self.scribble is not None)
+
+
+def ras_to_lps(point: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Slicer's RAS millimetres to ITK's LPS physical point."""
+    return (-point[0], -point[1], point[2])
+
+
+def ijk_to_lps(image: sitk.Image, ijk: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A voxel index of the CT's own grid (ITK/NIfTI order i, j, k) to its physical point; refused outside."""
+    size = image.GetSize()
+    if any(not (-0.5 <= v <= s - 0.5) for v, s in zip(ijk, size)):
+        raise ContrastSegError(f"point {tuple(ijk)} is outside the CT's voxel grid (size {size})")
+    return image.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
+
+
+def _index(grid: sitk.Image, point, what: str) -> np.ndarray:
+    """(z, y, x) voxel of `grid` nearest to a physical point; refused when the point is outside the CT."""
+    i, j, k = grid.TransformPhysicalPointToContinuousIndex([float(v) for v in point])
+    size = grid.GetSize()
+    if any(not (-0.5 <= v <= s - 0.5) for v, s in zip((i, j, k), size)):
+        ras = (-point[0], -point[1], point[2])
+        raise ContrastSegError(f"{what} at RAS ({ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f}) mm is outside the CT")
+    return np.clip(np.round([k, j, i]).astype(int), 0, np.array(size[::-1]) - 1)
+
+
+def _ball(shape, centre: np.ndarray, radius_mm: float, spacing_xyz) -> np.ndarray:
+    """A ball in mm around a (z, y, x) voxel, on a grid of that shape and spacing."""
+    sx, sy, sz = spacing_xyz
+    rz = int(np.floor(radius_mm / sz))
+    out = np.zeros(shape, dtype=bool)
+    ys, xs = np.ogrid[: shape[1], : shape[2]]
+    for dz in range(-rz, rz + 1):
+        z = centre[0] + dz
+        if not 0 <= z < shape[0]:
+            continue
+        r = np.sqrt(max(0.0, radius_mm ** 2 - (dz * sz) ** 2))
+        out[z] |= ((ys - centre[1]) * sy) ** 2 + ((xs - centre[2]) * sx) ** 2 <= r ** 2
+    return out
+
+
+def _ellipse(shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    cy, cx = (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2
+    ry, rx = max(0.5, (hi[1] - lo[1]) / 2), max(0.5, (hi[2] - lo[2]) / 2)
+    ys, xs = np.ogrid[: shape[1], : shape[2]]
+    disc = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+    out[lo[0]: hi[0] + 1] = disc
+    return out
+
+
+def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(attention hints, voxels excluded by negative points) on the refined grid `grid`, both (z, y, x) bool."""
+    shape = tuple(reversed(grid.GetSize()))
+    spacing = grid.GetSpacing()
+    radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
+    hints = current.copy() if (current is not None and prompts.use_current) else np.zeros(shape, dtype=bool)
+    for p in prompts.positive:
+        hints |= _ball(shape, _index(grid, p, "positive point"), radius, spacing)
+    for a, b in prompts.boxes:
+        ia, ib = _index(grid, a, "box corner"), _index(grid, b, "box corner")
+        hints |= _ellipse(shape, np.minimum(ia, ib), np.maximum(ia, ib))
+    if prompts.scribble is not None:
+        stroke = sitk.GetArrayFromImage(resample_like(sitk.Cast(prompts.scribble != 0, sitk.sitkUInt8), grid)) > 0
+        hints |= ndimage.binary_dilation(stroke, iterations=STROKE_DILATION, structure=_disc())
+    excluded = np.zeros(shape, dtype=bool)
+    for p in prompts.negative:
+        excluded |= _ball(shape, _index(grid, p, "negative point"), radius, spacing)
+    return hints & ~excluded, excluded
+
+
+def _disc() -> np.ndarray:
+    s = np.zeros((1, 3, 3), dtype=bool)
+    s[0] = ndimage.generate_binary_structure(2, 1)
+    return s
+
+
+@torch.inference_mode()
+def _predict(net, image: np.ndarray, attention: np.ndarray, zs: list[int], device: torch.device) -> np.ndarray:
+    """The refined network on slices `zs` with their attention; foreground masks (len(zs), y, x)."""
+    out = np.zeros((len(zs),) + image.shape[1:], dtype=bool)
+    att = attention[zs]
+    if not att.any():
+        return out
+    ys, xs = np.nonzero(att.any(axis=0))
+    y0, y1 = max(0, ys.min() - MARGIN), min(image.shape[1], ys.max() + 1 + MARGIN)
+    x0, x1 = max(0, xs.min() - MARGIN), min(image.shape[2], xs.max() + 1 + MARGIN)
+    x = np.stack([image[zs, y0:y1, x0:x1], att[:, y0:y1, x0:x1].astype(np.float32)], axis=1)
+    xt, sizes = _pad_to(torch.from_numpy(x).to(device), net.divisor)
+    logits = net(xt)[..., : sizes[0], : sizes[1]]
+    out[:, y0:y1, x0:x1] = (logits[:, 1] > logits[:, 0]).cpu().numpy()
+    return out
+
+
+def refine_mask(net, image: np.ndarray, hints: np.ndarray, device: torch.device, batch: int = 16) -> np.ndarray:
+    """The organ on the refined grid: the network on every hinted slice, then propagation to the others."""
+    pred = np.zeros(image.shape, dtype=bool)
+    hinted = [int(z) for z in np.nonzero(hints.any(axis=(1, 2)))[0]]
+    for start in range(0, len(hinted), batch):
+        zs = hinted[start:start + batch]
+        pred[zs] = _predict(net, image, hints, zs, device)
+    if not hinted:
+        return pred
+    done = set(hinted)
+    for step in (1, -1):  # outward from the hinted slices, in both directions, until the organ ends
+        z = (max(hinted) if step == 1 else min(hinted)) + step
+        while 0 <= z < image.shape[0] and z not in done:
+            seed = ndimage.binary_dilation(pred[z - step], iterations=PROPAGATION_DILATION)
+            if not seed.any():
+                break
+            att = np.zeros(image.shape, dtype=bool)
+            att[z] = seed
+            pred[z] = _predict(net, image, att, [z], device)[0]
+            if not pred[z].any():
+                break
+            z += step
+    return pred
+
+
+def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: int, prompts: Prompts,
+                 device: torch.device) -> tuple[sitk.Image, dict]:
+    """`current` with only `organ` replaced by its prompted re-segmentation; returns (labels, what changed).
+
+    Every other organ's voxels stay exactly as they were: the new organ takes only voxels that were
+    background or the organ itself.
+    """
+    if organ not in BY_ID:
+        raise ContrastSegError(f"unknown organ id {organ}")
+    if model.refined is None:
+        raise ContrastSegError(f"model '{model.card.get('name')}' has no refined network to refine with")
+    if prompts.empty() and not (prompts.use_current and prompts.negative):
+        raise ContrastSegError("give at least one positive point, a box or a stroke (or a negative point on the organ)")
+    rset = model.card["refined"]
+    fine = prepare(image, inplane_spacing(to_canonical(image), rset["inplane_spacing"]))
+    labels = sitk.GetArrayFromImage(current)
+    organ_now = labels_to_grid((labels == organ).astype(np.uint8), current, fine.grid) > 0
+    hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now)
+    pred = refine_mask(model.refined.to(device).eval(), fine.array, hints, device) & ~excluded
+    if prompts.negative:  # a negative click removes the whole component it lands in
+        cc, _ = ndimage.label(pred)
+        for p in prompts.negative:
+            z, y, x = _index(fine.grid, p, "negative point")
+            if cc[z, y, x]:
+                pred[cc == cc[z, y, x]] = False
+    on_ct = labels_to_grid(pred.astype(np.uint8), fine.grid, current) > 0
+    out = labels.copy()
+    out[out == organ] = 0
+    out[on_ct & (labels == 0) | on_ct & (labels == organ)] = organ
+    before, after = labels == organ, out == organ
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(current)
+    return result, {"organ": BY_ID[organ].key, "voxels_before": int(before.sum()), "voxels_after": int(after.sum()),
+                    "added": int((after & ~before).sum()), "removed": int((before & ~after).sum())}
