@@ -48,11 +48,19 @@ def sampleDataSource() -> dict:
                 nodeNames="ContrastSegSampleCT", thumbnailFileName=str(ICON), loadFileType="VolumeFile")
 
 
+def uri_to_path(uri: str) -> Path:
+    """A file:// URI back to a path, with percent-escapes (spaces) and Windows drive letters handled."""
+    from urllib.parse import unquote, urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(unquote(urlparse(uri).path)))
+
+
 def registerSampleData():
     import SampleData
 
     source = sampleDataSource()
-    if Path(source["uris"][len("file://"):]).exists():
+    if uri_to_path(source["uris"]).exists():
         SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
 
 
@@ -84,6 +92,12 @@ class ContrastSegWidget(ScriptedLoadableModuleWidget):
         for tag in getattr(self, "_observers", []):
             slicer.mrmlScene.RemoveObserver(tag)
         self.panel.cleanup()
+
+    def enter(self):
+        # a scene closed while another module was shown left the panel unbound (onSceneEndClose only rebinds
+        # the module being shown): bind it again now
+        if self.panel.params is None:
+            self.panel.setParameterNode(self.logic.getParameterNode())
 
     def exit(self):
         self.panel.exit()

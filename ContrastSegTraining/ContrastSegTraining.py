@@ -67,10 +67,13 @@ class ContrastSegTrainingWidget(ScriptedLoadableModuleWidget):
         self.panel.cleanup()
 
     def enter(self):
+        if self.panel.params is None:  # a scene closed while another module was shown
+            self.panel.setParameterNode(self.logic.getParameterNode())
         self.panel.fillModels()
         self.panel.fillDataset()
 
     def onSceneStartClose(self, caller, event):
+        self.panel.cancelComparison()
         self.panel.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

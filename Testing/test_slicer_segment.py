@@ -224,8 +224,10 @@ def test_sample_data_source_points_at_the_sample_ct(slicer_app):
 
     source = ContrastSeg.sampleDataSource()
     assert source["sampleName"] == "ContrastSeg sample CT" and source["uris"].startswith("file://")
-    path = Path(source["uris"][len("file://"):])
+    path = ContrastSeg.uri_to_path(source["uris"])
     assert path.exists() and path.name == source["fileNames"] == "contrastseg-sample-ct.nii.gz"
+    spaced = Path("/tmp/a folder with spaces/ct.nii.gz")
+    assert ContrastSeg.uri_to_path(spaced.as_uri()) == spaced  # a path with spaces survives the round trip
     assert Path(source["thumbnailFileName"]).exists()
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 # The engine's dependencies (pyproject.toml [project].dependencies; a test keeps the two in sync).
 TORCH = "torch>=2.2"
-REQUIREMENTS = ("monai>=1.3", "numpy>=1.24", "scipy>=1.10", "SimpleITK>=2.3", "scikit-image>=0.21",
+REQUIREMENTS = ("monai>=1.3", "numpy>=1.24", "scipy>=1.10", "SimpleITK>=2.2", "scikit-image>=0.21",
                 "safetensors>=0.4", "matplotlib>=3.7")
 # Packages Slicer itself ships and relies on: never installed, upgraded or downgraded by this extension.
 SHIPPED = ("numpy", "SimpleITK", "vtk")

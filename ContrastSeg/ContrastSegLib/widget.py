@@ -39,7 +39,9 @@ class Panel:
 
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.organsComboBox.checkedIndexesChanged.connect(self.onOrgansChanged)
-        self.ui.inputVolumeSelector.currentNodeChanged.connect(lambda *_: self.updateButtons())
+        # the node comes with the signal: PythonQt calls handlers in connection order, so this one runs before the
+        # parameter node's own and params.inputVolume would still be the previous volume
+        self.ui.inputVolumeSelector.currentNodeChanged.connect(lambda node: self.updateButtons(volume=node))
         self.ui.applyButton.clicked.connect(self.onApply)
         self.ui.cancelButton.clicked.connect(self.onCancel)
         self.ui.loadSampleButton.clicked.connect(self.onLoadSample)
@@ -234,9 +236,11 @@ class Panel:
         self.ui.errorLabel.setText(message or "")
         self.ui.errorLabel.setVisible(bool(message))
 
-    def updateButtons(self) -> None:
+    def updateButtons(self, volume=False) -> None:
+        """`volume`: the CT just chosen (from the selector's signal); False: read it from the parameter node."""
         running = self.run is not None and not self.run.finished
-        volume = self.params.inputVolume if self.params is not None else None
+        if volume is False:
+            volume = self.params.inputVolume if self.params is not None else None
         self.ui.applyButton.setEnabled(not running and volume is not None
                                        and not self._noOrgans)
         self.ui.cancelButton.setEnabled(running)

@@ -33,6 +33,11 @@ class Panel:
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
+        # the dataset folder is applied when typing pauses, not at every keystroke (each one re-reads the table)
+        self.folderTimer = qt.QTimer()
+        self.folderTimer.setSingleShot(True)
+        self.folderTimer.setInterval(600)
+        self.folderTimer.timeout.connect(self.applyDatasetFolder)
         # the stages and device lists are filled by the parameter node (their Choice annotations)
         folder = qt.QSettings().value(SETTINGS_KEY) or str(logic.datasetFolder())
         ui.datasetPathLineEdit.currentPath = folder
@@ -132,6 +137,13 @@ class Panel:
 
     # ------------------------------------------------------------------ actions
     def onDatasetFolderChanged(self, path) -> None:
+        self.folderTimer.start()  # restarted by every keystroke
+
+    def applyDatasetFolder(self) -> None:
+        path = self.ui.datasetPathLineEdit.currentPath.strip()
+        if not path:  # an empty path would mean Slicer's working directory: keep the current folder
+            self.ui.datasetStatusLabel.setText(f"Choose a dataset folder (still using {self.logic.datasetFolder()}).")
+            return
         qt.QSettings().setValue(SETTINGS_KEY, path)
         self.logic.dataset = Path(path)
         self.fillDataset()
@@ -223,6 +235,9 @@ class Panel:
 
     def onCompare(self) -> None:
         old, new = self.ui.compareOldComboBox.currentData, self.ui.compareNewComboBox.currentData
+        if not old or not new or self.params.compareVolume is None:
+            self.ui.compareStatusLabel.setText("Choose a CT and two models to compare (train one first if the lists are empty).")
+            return
         with slicer.util.tryWithErrorDisplay("Compare failed."):
             self.comparison = self.logic.compare(self.params.compareVolume, old, new)
             self.ui.compareStatusLabel.setText(f"Segmenting with {old}, then {new}...")
@@ -269,9 +284,16 @@ class Panel:
         for w in (self.ui.strategyComboBox, self.ui.pretrainStepsSpinBox, self.ui.pretrainBatchSpinBox):
             w.setEnabled(pretrain)
 
+    def cancelComparison(self) -> None:
+        """A running comparison segments into the scene: stop it before the scene closes or the panel goes."""
+        if self.comparison is not None:
+            self.logic.cancelComparison(self.comparison)
+            self.comparison = None
+            self.ui.compareStatusLabel.setText("Comparison cancelled.")
+
     def cleanup(self) -> None:
         """Leaving Slicer does not stop a run: it keeps training and is re-attached next time."""
         self.timer.stop()
-        if self.comparison is not None:
-            self.logic.cancelComparison(self.comparison)
+        self.folderTimer.stop()
+        self.cancelComparison()
         self.setParameterNode(None)
