@@ -12,8 +12,9 @@ pretraining strategy; several seeds each. Scored before (the default model) and 
   - IRCAD patient 1 itself: the corrected case, trained on (does the model take the correction?).
 
 Everything is read in place from ../shared/data; the correction label map (an IRCAD conversion) stays in the
-work folder, which git ignores. Resumable: each finished run and each scored model is remembered in
-WORK/results.json; run it again to add seeds or strategies.
+work folder, which git ignores. Resumable: each finished run and each scored model is remembered in the
+results file (Dice numbers only); run it again to add seeds or strategies. The README's numbers are
+docs/loop-experiment.json.
 
     python scripts/loop_experiment.py --seeds 0,1,2                          # the defaults only
     python scripts/loop_experiment.py --strategies simclr,dcc --seeds 0 --pretrain-steps 60
@@ -213,11 +214,14 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", action="store_true", help="only print the tables of what is done")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results file (default WORK/results.json; docs/loop-experiment.json holds the published ones: "
+                         "give it to add seeds or strategies to them)")
     args = ap.parse_args()
     if not IRCAD.exists() or not CHAOS.exists():
         raise SystemExit(f"needs ../shared/data (IRCAD patient 1 and CHAOS case 1) beside the repository: {DATA}")
     args.work.mkdir(parents=True, exist_ok=True)
-    results_path = args.work / "results.json"
+    results_path = args.results or args.work / "results.json"
     results = load_results(results_path)
     if args.report:
         report(results)
