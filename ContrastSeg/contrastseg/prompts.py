@@ -165,12 +165,17 @@ def refine_mask(net, image: np.ndarray, hints: np.ndarray, device: torch.device,
     return pred
 
 
+def refined_grid(image: sitk.Image, model: Model):
+    """The CT on the refined network's grid (Prepared): made once per CT by the warm worker."""
+    return prepare(image, inplane_spacing(to_canonical(image), model.card["refined"]["inplane_spacing"]))
+
+
 def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: int, prompts: Prompts,
-                 device: torch.device) -> tuple[sitk.Image, dict]:
+                 device: torch.device, fine=None) -> tuple[sitk.Image, dict]:
     """`current` with only `organ` replaced by its prompted re-segmentation; returns (labels, what changed).
 
     Every other organ's voxels stay exactly as they were: the new organ takes only voxels that were
-    background or the organ itself.
+    background or the organ itself. `fine` is the CT's refined grid if already made (`refined_grid`).
     """
     if organ not in BY_ID:
         raise ContrastSegError(f"unknown organ id {organ}")
@@ -178,8 +183,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         raise ContrastSegError(f"model '{model.card.get('name')}' has no refined network to refine with")
     if prompts.empty() and not (prompts.use_current and prompts.negative):
         raise ContrastSegError("give at least one positive point, a box or a stroke (or a negative point on the organ)")
-    rset = model.card["refined"]
-    fine = prepare(image, inplane_spacing(to_canonical(image), rset["inplane_spacing"]))
+    fine = fine if fine is not None else refined_grid(image, model)
     labels = sitk.GetArrayFromImage(current)
     organ_now = labels_to_grid((labels == organ).astype(np.uint8), current, fine.grid) > 0
     hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now)
