@@ -199,3 +199,19 @@ def labelmap_array(segmentation_node, reference_volume_node):
             remove_node(made)
         remove_node(labelmap)
         remove_node(colors)
+
+
+def write_labels_like(array, image_path: Path, path: Path) -> Path:
+    """A label array (k, j, i) from `labelmap_array` as a file with the exact geometry of the CT written at
+    `image_path` (by `write_volume`), so the engine reads it on that CT's grid."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image_path))
+    reader.ReadImageInformation()
+    labels = sitk.GetImageFromArray(array.astype("uint8"))
+    labels.SetSpacing(reader.GetSpacing())
+    labels.SetOrigin(reader.GetOrigin())
+    labels.SetDirection(reader.GetDirection())
+    sitk.WriteImage(labels, str(path), useCompression=True)
+    return path

@@ -98,7 +98,7 @@ def export_case(volume_node, segmentation_node, dataset: Path | None = None, pha
                 raise ContrastSegError(f"no segment of '{segmentation_node.GetName()}' is a BTCV organ (names, keys or "
                                        f"terminology of {', '.join(o.name for o in BY_ID.values())}); nothing to export")
             array = nodes.labelmap_array(segmentation_node, volume_node)
-            labels = _write_labels(array, image, work / "labels.nrrd")
+            labels = nodes.write_labels_like(array, image, work / "labels.nrrd")
             organs = sorted(set(matched.values()))
             model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
             initial = initial_labels or segmentation_node.GetAttribute(INITIAL_LABELS_ATTRIBUTE)
@@ -106,26 +106,22 @@ def export_case(volume_node, segmentation_node, dataset: Path | None = None, pha
                 initial = None
         record = add_entry(dataset, image, labels, phase=phase or None, source=f"3D Slicer: {volume_node.GetName()}",
                            initial=initial, model=model, volume_name=volume_node.GetName(), dicom=dicom_uids(volume_node),
-                           note=note or None, extra={"left_out": left_out} if left_out else None,
+                           note=note or None, extra=_extra(left_out, segmentation_node),
                            organs=organs if labels is not None else None, validation=validation)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ExportResult(record, organs, left_out)
 
 
-def _write_labels(array, image_path: Path, path: Path) -> Path:
-    """The label array (k, j, i) on the written CT's grid as a file with the CT's exact geometry."""
-    import SimpleITK as sitk
+def _extra(left_out: list[str], segmentation_node) -> dict | None:
+    """Provenance beyond the engine's own: segments left out, and the prompted edits made in ContrastSeg."""
+    from ContrastSegLib.correct import edits
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(image_path))
-    reader.ReadImageInformation()
-    labels = sitk.GetImageFromArray(array.astype("uint8"))
-    labels.SetSpacing(reader.GetSpacing())
-    labels.SetOrigin(reader.GetOrigin())
-    labels.SetDirection(reader.GetDirection())
-    sitk.WriteImage(labels, str(path), useCompression=True)
-    return path
+    extra = {"left_out": left_out} if left_out else {}
+    made = edits(segmentation_node)
+    if made:
+        extra["prompted_edits"] = made
+    return extra or None
 
 
 def dataset_rows(dataset: Path | None = None) -> list[dict]:

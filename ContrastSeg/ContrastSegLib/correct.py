@@ -1,0 +1,142 @@
+"""Prompted correction in Slicer (issue 9): Markups points on the CT -> the warm engine worker -> one segment.
+
+The Logic behind the Correct section: it writes the CT once per volume and the current segmentation as a
+label map, asks the worker (`contrastseg serve --stdio`, one per Slicer session, started on first use and
+restarted if it died) to re-segment one organ from the points, and writes back only that organ's segment:
+every other segment keeps its voxels. Each change is recorded on the segmentation node
+(`ContrastSeg.Edits`, a JSON list), which the training module's export stores as provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import slicer
+
+from contrastseg.errors import ContrastSegError
+from contrastseg.organs import BY_ID, parse_organs
+
+from . import nodes
+
+EDITS_ATTRIBUTE = "ContrastSeg.Edits"
+
+
+def markups_points_ras(markups_node) -> list[list[float]]:
+    """The control points of a Markups node in world RAS millimetres (what the engine's points_ras are)."""
+    if markups_node is None:
+        return []
+    points = []
+    for i in range(markups_node.GetNumberOfControlPoints()):
+        pos = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(i, pos)
+        points.append([float(v) for v in pos])
+    return points
+
+
+def edits(segmentation_node) -> list[dict]:
+    """The prompted edits recorded on a segmentation node, oldest first."""
+    text = segmentation_node.GetAttribute(EDITS_ATTRIBUTE) if segmentation_node is not None else None
+    try:
+        return json.loads(text) if text else []
+    except ValueError:
+        return []
+
+
+class CorrectionLogic:
+    """Re-segments one organ of a Segmentation node from points; `client` is a contrastseg.serve.Client."""
+
+    def __init__(self, client=None, python: str | None = None, env: dict | None = None):
+        self.python, self.env = python, env
+        self.client = client
+        self.work = Path(tempfile.mkdtemp(prefix="ContrastSegCorrect-"))
+        self.opened: dict[str, tuple[str, int]] = {}  # volume node ID -> (worker's CT key, volume MTime)
+
+    def worker(self):
+        from contrastseg.serve import Client
+
+        if self.client is None:
+            command = [self.python, "-m", "contrastseg.cli", "serve", "--stdio"] if self.python else None
+            self.client = Client(command, env=self.env).start()
+        elif self.client.proc is None or self.client.proc.poll() is not None:
+            self.client.restart()  # it died: a fresh one, and every CT must be opened again
+            self.opened.clear()
+        return self.client
+
+    def _ct(self, volume_node, model: str | None) -> str:
+        key = volume_node.GetID()
+        mtime = volume_node.GetMTime()
+        if key in self.opened and self.opened[key][1] == mtime:
+            return self.opened[key][0]
+        path = nodes.write_volume(volume_node, self.work / f"{key}.nrrd")
+        answer = self.worker().request("open", ct=str(path), model=model or None)
+        if not answer["ok"]:
+            raise ContrastSegError(answer["error"])
+        self.opened[key] = (answer["ct"], mtime)
+        return answer["ct"]
+
+    def refine(self, volume_node, segmentation_node, organ: str, positive=None, negative=None,
+               box_ras: list[float] | None = None, model: str | None = None) -> dict:
+        """Re-segment `organ` from the points of the Markups nodes `positive` / `negative`; returns the change."""
+        from contrastseg.serve import Client  # noqa: F401  (import errors surface here, not in the worker)
+
+        if volume_node is None or segmentation_node is None:
+            raise ContrastSegError("choose the CT and its segmentation first")
+        try:
+            (organ_id,) = parse_organs(organ)
+        except ValueError as err:
+            raise ContrastSegError(str(err)) from None
+        pos, neg = markups_points_ras(positive), markups_points_ras(negative)
+        if not pos and not neg and not box_ras:
+            raise ContrastSegError("place at least one point (or a box) on the organ first")
+        try:
+            ct = self._ct(volume_node, model)
+            current = self.work / "current.nii.gz"
+            before = nodes.labelmap_array(segmentation_node, volume_node)
+            nodes.write_labels_like(before, self.work / f"{volume_node.GetID()}.nrrd", current)
+            output = self.work / "refined.nii.gz"
+            answer = self.worker().request("refine", ct=ct, organ=BY_ID[organ_id].key, labels=str(current),
+                                           output=str(output), points_ras=pos, neg_points_ras=neg, box_ras=box_ras)
+        except ContrastSegError:
+            self.opened.clear()  # the worker may have died with the CT: open it again next time
+            raise
+        if not answer["ok"]:
+            raise ContrastSegError(answer["error"])
+        after = _read_array(output)
+        self._update_segment(segmentation_node, volume_node, organ_id, after == organ_id)
+        change = dict(answer["change"], positive=len(pos), negative=len(neg), box=bool(box_ras),
+                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        log = edits(segmentation_node) + [change]
+        segmentation_node.SetAttribute(EDITS_ATTRIBUTE, json.dumps(log))
+        return change
+
+    @staticmethod
+    def _update_segment(segmentation_node, volume_node, organ_id: int, mask: np.ndarray) -> None:
+        """Write one organ's mask into its segment (created if the user deleted it); other segments untouched."""
+        organ = BY_ID[organ_id]
+        segmentation = segmentation_node.GetSegmentation()
+        if segmentation.GetSegment(organ.key) is None:
+            segmentation.AddEmptySegment(organ.key, organ.name, [c / 255.0 for c in organ.color])
+            segment = segmentation.GetSegment(organ.key)
+            segment.SetTag(segment.GetTerminologyEntryTagName(), organ.terminology_entry())
+            segment.SetTag(nodes.ORGAN_TAG, str(organ.id))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), segmentation_node, organ.key, volume_node)
+
+    def cleanup(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.request("shutdown")
+            except ContrastSegError:
+                pass
+            self.client.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
