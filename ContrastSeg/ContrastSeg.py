@@ -98,6 +98,7 @@ class ContrastSegWidget(ScriptedLoadableModuleWidget):
         # the module being shown): bind it again now
         if self.panel.params is None:
             self.panel.setParameterNode(self.logic.getParameterNode())
+        self.panel.enter()
 
     def exit(self):
         self.panel.exit()

@@ -47,6 +47,8 @@ UI_CLASSES = {
     "correctCollapsibleButton": "ctkCollapsibleButton", "openEditorButton": "QPushButton",
     "segmentEditorWidget": "qMRMLSegmentEditorWidget", "advancedCollapsibleButton": "ctkCollapsibleButton",
     "threadsSpinBox": "QSpinBox", "requirementsLabel": "QLabel", "installButton": "QPushButton",
+    "clickOrganComboBox": "QComboBox", "positivePlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "negativePlaceWidget": "qSlicerMarkupsPlaceWidget", "clickApplyButton": "QPushButton", "clickStatusLabel": "QLabel",
 }
 # parameterNodeWrapper's connectors compare the widget type exactly (guiConnectors.py).
 CONNECTOR_WIDGET = {bool: "QCheckBox", int: "QSpinBox", str: "QComboBox"}

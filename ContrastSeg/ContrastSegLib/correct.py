@@ -10,6 +10,7 @@ every other segment keeps its voxels. Each change is recorded on the segmentatio
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -51,7 +52,8 @@ class CorrectionLogic:
     """Re-segments one organ of a Segmentation node from points; `client` is a contrastseg.serve.Client."""
 
     def __init__(self, client=None, python: str | None = None, env: dict | None = None):
-        self.python, self.env = python, env
+        """`env`: variables for the worker on top of this process's environment (the engine's PYTHONPATH)."""
+        self.python, self.env = python, dict(os.environ, **(env or {}))
         self.client = client
         self.work = Path(tempfile.mkdtemp(prefix="ContrastSegCorrect-"))
         self.opened: dict[str, tuple[str, int]] = {}  # volume node ID -> (worker's CT key, volume MTime)
@@ -59,9 +61,10 @@ class CorrectionLogic:
     def worker(self):
         from contrastseg.serve import Client
 
+        from .process import engine_command
+
         if self.client is None:
-            command = [self.python, "-m", "contrastseg.cli", "serve", "--stdio"] if self.python else None
-            self.client = Client(command, env=self.env).start()
+            self.client = Client(engine_command("serve", "--stdio", python=self.python), env=self.env).start()
         elif self.client.proc is None or self.client.proc.poll() is not None:
             self.client.restart()  # it died: a fresh one, and every CT must be opened again
             self.opened.clear()

@@ -49,6 +49,11 @@ class Panel:
         self.ui.refreshModelsButton.clicked.connect(self.fillModels)
         self.ui.openEditorButton.clicked.connect(self.onOpenSegmentEditor)
         self.ui.openEditorButton.setEnabled(False)
+        self.correction = None  # CorrectionLogic (the warm worker), made at the first click correction
+        self._shortcuts = []
+        for organ in ORGANS:
+            self.ui.clickOrganComboBox.addItem(organ.name, organ.key)
+        self.ui.clickApplyButton.clicked.connect(self.onClickApply)
         self.showError(None)
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.setText("Select a CT and press Segment.")
@@ -76,6 +81,8 @@ class Panel:
     def cleanup(self) -> None:
         self.onCancel()
         self.setParameterNode(None)
+        if self.correction is not None:
+            self.correction.cleanup()  # stops the warm worker
 
     # ------------------------------------------------------------------ inputs
     def fillModels(self) -> None:
@@ -281,5 +288,59 @@ class Panel:
         setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
         setSource(volume)
 
+    # ------------------------------------------------------------------ correcting with clicks
+    def pointsNode(self, name: str, color):
+        """The Markups node for positive or negative points (one of each in the scene), shown by its widget."""
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*color)
+        return node
+
+    def setupPointWidgets(self) -> None:
+        for widget, name, color in ((self.ui.positivePlaceWidget, "ContrastSeg inside points", (0.1, 0.8, 0.1)),
+                                    (self.ui.negativePlaceWidget, "ContrastSeg outside points", (0.9, 0.1, 0.1))):
+            widget.setMRMLScene(slicer.mrmlScene)
+            widget.setCurrentNode(self.pointsNode(name, color))
+            widget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+
+    def enter(self) -> None:
+        """Keyboard shortcuts while the module is shown: P places inside points, N outside points."""
+        self.setupPointWidgets()
+        window = slicer.util.mainWindow()
+        for key, widget in (("p", self.ui.positivePlaceWidget), ("n", self.ui.negativePlaceWidget)):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), window)
+            shortcut.connect("activated()", lambda w=widget: w.setPlaceModeEnabled(True))
+            self._shortcuts.append(shortcut)
+
+    def onClickApply(self) -> None:
+        from .correct import CorrectionLogic
+
+        volume = self.params.inputVolume if self.params is not None else None
+        segmentation = self.ui.segmentEditorWidget.segmentationNode()
+        positive, negative = self.ui.positivePlaceWidget.currentNode(), self.ui.negativePlaceWidget.currentNode()
+        if volume is None or segmentation is None:
+            self.ui.clickStatusLabel.setText("Segment the CT first: the points correct its segmentation.")
+            return
+        if self.correction is None:
+            from .segmentation import slicer_python
+
+            self.correction = CorrectionLogic(python=self.logic.python or slicer_python(), env=self.logic.engine_env())
+        self.ui.segmentEditorWidget.saveStateForUndo()  # Undo in the Segment Editor takes the change back
+        organ = self.ui.clickOrganComboBox.currentData
+        with slicer.util.tryWithErrorDisplay("Could not update the organ.", waitCursor=True):
+            change = self.correction.refine(volume, segmentation, organ, positive, negative,
+                                            model=self.params.settings.model or None)
+            self.ui.clickStatusLabel.setText(f"{self.ui.clickOrganComboBox.currentText}: +{change['added']} / "
+                                             f"-{change['removed']} voxels in {change['seconds']:.1f} s.")
+            for node in (positive, negative):
+                if node is not None:
+                    node.RemoveAllControlPoints()
+
     def exit(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self._shortcuts = []
         self.ui.segmentEditorWidget.setActiveEffect(None)
