@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from contrastseg.train.partial import marginal_dice_ce, merged_distillation
-from contrastseg.runs.plan import AUTO_VALIDATION_FROM, RunRequest, split_validation
+from contrastseg.runs.plan import RunRequest
+from contrastseg.runs.snapshot import AUTO_VALIDATION_FROM, split_validation
 from realdata import TS, needs_data
 
 

@@ -136,7 +136,7 @@ class Runner:
 
     def execute(self) -> dict:
         """Run the steps not yet finished; returns the final state. Raises ContrastSegError or Cancelled."""
-        from .plan import check_snapshot
+        from .snapshot import check_snapshot
         from .validate import register_model, validate
 
         check_snapshot(self.run_dir, self.plan)

@@ -15,11 +15,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .. import store
 from ..errors import ContrastSegError
-from ..train.settings import RefinedSettings
+from .base import arch_args, read_card, refined_card
+from .snapshot import split_validation, write_snapshot
 
 # SimpleITK (dataset, io) is imported inside the functions that need it: `contrastseg --help` stays light.
 
@@ -35,7 +34,6 @@ PLAN, STATE, STREAM, LOG, LAUNCH = "plan.json", "state.json", "progress.jsonl", 
 STAGES = ("pretrain", "coarse", "refined")
 ALIASES = {"finetune": ("coarse", "refined")}  # what `--stages pretrain,finetune` means: both networks learn
 MIN_PRETRAIN_IMAGES = 2
-AUTO_VALIDATION_FROM = 4  # labelled cases needed before one (not a correction) is held out without being marked
 # The loop's defaults (METHODS §9): both stages, from the base weights, at lower learning rates than training
 # from scratch; sized so 1-3 corrected cases retrain in well under 10 minutes on 2 CPU threads.
 LOOP_COARSE = {"steps": 250, "batch": 2, "lr": 5e-4}
@@ -111,37 +109,6 @@ def pretrain_strategies() -> list[str] | None:
 COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net, which the coarse stage then fine-tunes
 
 
-def is_correction(record: dict) -> bool:
-    """A case the user corrected (exported with its initial segmentation), as opposed to an imported label map."""
-    prov = record.get("provenance") or {}
-    return bool(prov.get("edited") is not None or prov.get("initial_dice") is not None or prov.get("model"))
-
-
-def split_validation(labelled: list[dict], seed: int = 0) -> tuple[list[dict], list[dict], str]:
-    """(train, held out, why): the validation rule (README "Retraining").
-
-    Corrected cases always train. A case is held out only when the user marked it (`dataset add --validation`,
-    the checkbox in Slicer), or, when there are at least AUTO_VALIDATION_FROM labelled cases and none is
-    marked, one labelled case that is not a correction (chosen by the seed).
-    """
-    marked = [r for r in labelled if r.get("validation")]
-    if marked:
-        held = marked
-        why = f"{len(marked)} case(s) marked for validation held out: {', '.join(r['id'] for r in marked)}"
-    else:
-        candidates = sorted((r for r in labelled if not is_correction(r)), key=lambda r: r["id"])
-        if len(labelled) >= AUTO_VALIDATION_FROM and candidates:
-            pick = candidates[int(np.random.default_rng(seed).integers(len(candidates)))]
-            held = [pick]
-            why = f"{pick['id']} held out for validation ({len(labelled)} labelled cases, it is not a correction)"
-        else:
-            held = []
-            why = ("no case was held out for validation: every labelled case trains (mark one with "
-                   "`dataset add --validation` or the Validation checkbox of the export to get after-numbers)")
-    ids = {r["id"] for r in held}
-    return [r for r in labelled if r["id"] not in ids], held, why
-
-
 def preflight(req: RunRequest) -> Preflight:
     """Check a request before anything starts: enough data for each stage, the base model, the device and memory."""
     from ..dataset_edit import latest_per_case, live_records
@@ -203,73 +170,11 @@ def preflight(req: RunRequest) -> Preflight:
     elif req.device != "cpu" and card is not None and not errors:
         from .memory import check_gpu
 
-        problem, warning, suggested = check_gpu(req.device, _refined_card(card, req), req.batch)
+        problem, warning, suggested = check_gpu(req.device, refined_card(card, req.finetune_args), req.batch)
         errors += [problem] if problem else []
         warnings += [warning] if warning else []
         result.suggested_batch = suggested
     return result
-
-
-def read_card(folder: Path) -> dict:
-    """A model card as JSON, checked like models.files.read_card but without importing torch (Slicer plans
-    runs): its weights files exist and have the SHA-256 the card records, so a broken base is found at plan."""
-    from ..checksum import sha256
-
-    path = Path(folder) / "card.json"
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ContrastSegError(f"no readable model card at {path} ({err})") from None
-    if not isinstance(card, dict) or card.get("format") != "contrastseg-model/1" or not card.get("coarse"):
-        raise ContrastSegError(f"{path} is not a ContrastSeg model card with a coarse network")
-    for stage in ("coarse", "refined"):
-        settings = card.get(stage)
-        if not isinstance(settings, dict):
-            continue
-        weights = Path(folder) / str(settings.get("weights"))
-        if not weights.is_file():
-            raise ContrastSegError(f"model {folder}: its {stage} weights file {settings.get('weights')} is missing")
-        if settings.get("sha256") and sha256(weights) != settings["sha256"]:
-            raise ContrastSegError(f"model {folder}: {weights.name} does not match the SHA-256 its card records "
-                                   "(changed or damaged); copy the model again or choose another base")
-    return card
-
-
-def _refined_card(base_card: dict, req: RunRequest) -> dict:
-    """The refined network this run trains: the base model's architecture, overridden by explicit options."""
-    if base_card.get("refined"):
-        card = {k: v for k, v in base_card["refined"].items() if k != "weights"}
-    else:  # a coarse-only base: the engine's default refined network
-        card = RefinedSettings().card()
-    args = req.finetune_args
-    for opt, key, conv in (("--depth", "depth", int), ("--widths", "widths", lambda s: [int(v) for v in s.split(",")]),
-                           ("--stem", "stem", str), ("--aspp-width", "aspp_width", int)):
-        if opt in args and args.index(opt) + 1 < len(args):
-            card[key] = conv(args[args.index(opt) + 1])
-    return card
-
-
-def _arch_args(card: dict) -> list[str]:
-    args = ["--depth", str(card["depth"]), "--widths", ",".join(map(str, card["widths"])), "--stem", card["stem"],
-            "--aspp-width", str(card["aspp_width"])]
-    return args + ([] if card.get("skip", True) else ["--no-skip"])
-
-
-def _snapshot(dataset: Path, records: list[dict], path: Path) -> list[dict]:
-    """Write records as a dataset manifest with absolute paths; returns their ids and checksums."""
-    from ..dataset import DATASET_FORMAT
-    from ..io import write_json
-
-    base = Path(dataset)
-    out = []
-    for r in records:
-        rec = dict(r)
-        for key in ("image", "labels"):
-            if rec.get(key):
-                rec[key] = str((base / rec[key]).resolve())
-        out.append(rec)
-    write_json({"format": DATASET_FORMAT, "entries": out, "snapshot_of": str(base.resolve())}, path)
-    return [{"id": r["id"], "image_sha256": r.get("image_sha256"), "labels_sha256": r.get("labels_sha256")} for r in records]
 
 
 def _weights(req: RunRequest, stages: tuple[str, ...], n_train: int, n_val: int) -> dict[str, float]:
@@ -304,23 +209,23 @@ def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]
     labelled = sorted((r for r in records if r.get("labels")), key=lambda r: r["id"])
     train, held, why = split_validation(labelled, req.seed)
     val_ids = {r["id"] for r in held}
-    data = {"train": _snapshot(req.dataset, train, run_dir / "data/train.json"),
-            "validation": _snapshot(req.dataset, held, run_dir / "data/validation.json")}
+    data = {"train": write_snapshot(req.dataset, train, run_dir / "data/train.json"),
+            "validation": write_snapshot(req.dataset, held, run_dir / "data/validation.json")}
     base_path = store.resolve(req.base).resolve()
     base_card = read_card(base_path)
-    refined_card = _refined_card(base_card, req)
-    arch = _arch_args(refined_card)
+    rcard = refined_card(base_card, req.finetune_args)
+    arch = arch_args(rcard)
     common = ["--seed", str(req.seed), "--device", req.device, "--progress", "json"]
     common += ["--threads", str(req.threads)] if req.threads else []
     steps = []
     pretrained = None
     if "pretrain" in stages:
-        data["pretrain"] = _snapshot(req.dataset, [r for r in records if r["id"] not in val_ids], run_dir / "data/pretrain.json")
+        data["pretrain"] = write_snapshot(req.dataset, [r for r in records if r["id"] not in val_ids], run_dir / "data/pretrain.json")
         if req.strategy in COARSE_STRATEGIES:
             encoder = ["--channels", ",".join(map(str, base_card["coarse"]["channels"]))]
         else:
-            encoder = arch[:6] + ["--patch", str(refined_card.get("patch", 128)),
-                                  "--inplane-spacing", str(refined_card.get("inplane_spacing", 1.5))]
+            encoder = arch[:6] + ["--patch", str(rcard.get("patch", 128)),
+                                  "--inplane-spacing", str(rcard.get("inplane_spacing", 1.5))]
         # unlabelled CTs get their organ attention from the base model's coarse network
         attention = ["--attention", str(base_path)] if any(not r.get("labels") for r in records if r["id"] not in val_ids) else []
         init = ["--init", str(base_path)] if (req.strategy in COARSE_STRATEGIES or base_card.get("refined")) else []
@@ -359,27 +264,6 @@ def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]
     write_json(plan, run_dir / PLAN)
     write_json({"status": "planned", "completed": [], "outputs": {}}, run_dir / STATE)
     return run_dir, plan
-
-
-def check_snapshot(run_dir: Path, plan: dict) -> None:
-    """The files the plan froze still have their SHA-256: a dataset changed after planning is refused."""
-    from ..checksum import sha256
-
-    for split in ("train", "validation"):
-        frozen = {d["id"]: d for d in plan["data"].get(split, [])}
-        try:
-            records = json.loads((Path(run_dir) / "data" / f"{split}.json").read_text())["entries"]
-        except (OSError, json.JSONDecodeError, KeyError) as err:
-            raise ContrastSegError(f"{run_dir}/data/{split}.json is unreadable ({err}); plan the run again") from None
-        for rec in records:
-            want = frozen.get(rec["id"], {})
-            for key in ("image", "labels"):
-                if rec.get(key) and want.get(f"{key}_sha256"):
-                    path = Path(rec[key])
-                    if not path.exists() or sha256(path) != want[f"{key}_sha256"]:
-                        raise ContrastSegError(
-                            f"the dataset changed after this run was planned: {rec['id']}'s {key} ({path}) "
-                            f"{'is gone' if not path.exists() else 'has another SHA-256'}; plan a new run")
 
 
 def final_model_step(plan: dict) -> str:
