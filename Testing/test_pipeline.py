@@ -53,7 +53,7 @@ def test_each_stage_on_example_ct_sm(model, small_ct):
     coarse = np.asarray([0, *model.organs], np.uint8)[probs[[0, *model.organs]].argmax(0)]
     assert set(np.unique(coarse)) - {0}, "the coarse stage found no organ in an abdominal CT"
 
-    fine = prepare(small_ct, inplane_spacing(to_canonical(small_ct), model.card["refined"]["inplane_spacing"]))
+    fine = prepare(small_ct, inplane_spacing(small_ct, model.card["refined"]["inplane_spacing"]))
     attention = _probs_to_grid(probs, low.grid, fine.grid, [0, *model.organs])
     assert attention.shape == fine.array.shape
     hu = sitk.GetArrayFromImage(to_canonical(fine.grid))  # grid geometry only; use the image itself for HU

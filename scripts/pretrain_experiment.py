@@ -77,7 +77,7 @@ def oracle_dice(model_dir: Path, out: Path, slice_step: int = 4, seed: int = 0) 
     from contrastseg.models.files import load_model
     from contrastseg.organs import BY_ID, parse_organs
     from contrastseg.patches import perturb_mask
-    from contrastseg.preprocess import inplane_spacing, labels_to_grid, prepare, to_canonical
+    from contrastseg.preprocess import inplane_spacing, labels_to_grid, prepare
 
     torch.set_num_threads(1)
     model = load_model(model_dir)
@@ -87,7 +87,7 @@ def oracle_dice(model_dir: Path, out: Path, slice_step: int = 4, seed: int = 0) 
     lab = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
     for o in sorted(truth, key=lambda o: -truth[o].sum()):  # large organs first: vessels inside the liver stay vessels
         lab[truth[o]] = o
-    fine = prepare(image, inplane_spacing(to_canonical(image), model.card["refined"]["inplane_spacing"]))
+    fine = prepare(image, inplane_spacing(image, model.card["refined"]["inplane_spacing"]))
     gt = labels_to_grid(lab, image, fine.grid)[::slice_step]
     rng = np.random.default_rng(seed)
     att = np.zeros_like(gt)

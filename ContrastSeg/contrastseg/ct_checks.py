@@ -305,15 +305,14 @@ def working_grids(image: sitk.Image, card: dict, refined: bool = True) -> dict[s
 def memory_needed(image: sitk.Image, card: dict, refined: bool = True) -> tuple[int, dict]:
     """Bytes `infer.segment` holds at its peak for `image` (an estimate, measured on the default model)."""
     grids = working_grids(image, card, refined)
-    organs = len(card.get("organs", [])) + 1
     coarse = int(np.prod(grids["coarse"], dtype=np.int64))
     width = int((card["coarse"].get("channels") or [16])[0])
     window = coarse if coarse <= 192 ** 3 else 2 * 128 ** 3  # larger volumes go through a sliding window
     need = coarse * (8 + 3 * 14 * 4) + window * width * 4 * 12  # grid, probabilities/logits, activations
-    if "refined" in grids:
+    if "refined" in grids:  # independent of the organ count: a running argmax, and votes in one organ's box
         fine = int(np.prod(grids["refined"], dtype=np.int64))
-        need += fine * (8 + 1 + 8 + organs * 5)  # image, attention, argmax, votes and resampled probabilities
-    need += int(np.prod(image.GetSize(), dtype=np.int64)) * 6  # the label maps on the input grid
+        need += fine * 17 + 2 ** 28  # image, attention, its running argmax, fused votes; patch activations
+    need += int(np.prod(image.GetSize(), dtype=np.int64)) * 3  # the label maps on the input grid
     return need, grids
 
 

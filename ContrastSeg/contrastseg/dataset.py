@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from .errors import ContrastSegError
 from .io import read_image, read_labels
 from .organs import TOTALSEGMENTATOR_TO_BTCV
-from .preprocess import prepare, resample_like
+from .preprocess import inplane_spacing, prepare, resample_like
 
 DATASET_FORMAT = "contrastseg-dataset/1"
 MANIFEST = "manifest.json"
@@ -163,7 +163,7 @@ def prepare_case(entry: Entry, spacing: tuple[float, float, float] | str, cache_
     image = read_image(entry.image)
     if isinstance(spacing, str):
         inplane = float(spacing.split(":")[1])
-        spacing = (inplane, inplane, float(sitk.DICOMOrient(image, "RAS").GetSpacing()[2]))
+        spacing = inplane_spacing(image, inplane)
     prepared = prepare(image, spacing)
     labels = None
     if entry.labels is not None:

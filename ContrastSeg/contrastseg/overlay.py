@@ -18,7 +18,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .plots import save_figure  # noqa: E402
 from .organs import BY_ID  # noqa: E402
-from .preprocess import to_canonical  # noqa: E402
+from .preprocess import canonical_slices, canonical_spacing, to_canonical  # noqa: E402
 
 
 def pick_slices(labels: np.ndarray, count: int) -> list[int]:
@@ -32,10 +32,11 @@ def pick_slices(labels: np.ndarray, count: int) -> list[int]:
 
 def render_overlay(image: sitk.Image, labels: sitk.Image, path: str | Path, count: int = 4, title: str | None = None) -> Path:
     """Write a PNG of `count` axial slices with organs in their colours and a legend; returns the path."""
-    img = sitk.GetArrayFromImage(to_canonical(image))[:, ::-1, ::-1]
     lab = sitk.GetArrayFromImage(to_canonical(labels))[:, ::-1, ::-1]
-    sy, sx = to_canonical(image).GetSpacing()[1], to_canonical(image).GetSpacing()[0]
+    sx, sy, _ = canonical_spacing(image)
     slices = pick_slices(lab, count)
+    # only the shown slices of the CT are reoriented: a whole float32 copy of a long CT is over 0.5 GB
+    img = dict(zip(slices, canonical_slices(image, slices)[:, ::-1, ::-1]))
     lut = np.zeros((256, 4), dtype=np.float32)
     for oid, organ in BY_ID.items():
         lut[oid, :3] = np.array(organ.color) / 255

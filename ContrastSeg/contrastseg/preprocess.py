@@ -23,18 +23,53 @@ def to_canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "RAS")
 
 
-def resample(image: sitk.Image, spacing: tuple[float, float, float], interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
-    """Resample `image` to `spacing` (x, y, z mm) over the same world extent, keeping origin and direction."""
-    old_spacing = np.array(image.GetSpacing())
-    old_size = np.array(image.GetSize())
-    new_spacing = np.array(spacing, dtype=float)
-    new_size = np.maximum(1, np.round(old_size * old_spacing / new_spacing)).astype(int)
+def canonical_geometry(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Size, spacing, origin and direction (3x3) that `to_canonical(image)` would have, without allocating it.
+
+    DICOMOrient only permutes and flips the index axes, and which ones depends on the direction alone: it is
+    asked of a 2x2x2 image with the same direction, and the signed permutation applied to the real geometry.
+    A working grid can then be resampled straight from the stored image (no reoriented copy of a large CT).
+    """
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    proxy = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    proxy.SetDirection(image.GetDirection())
+    new_direction = np.array(to_canonical(proxy).GetDirection(), dtype=float).reshape(3, 3)
+    perm = np.rint(np.linalg.solve(direction, new_direction))  # new_direction = direction @ perm
+    axis = np.argmax(np.abs(perm), axis=0)  # new axis k is input axis axis[k], flipped where sign[k] < 0
+    sign = perm[axis, np.arange(3)]
+    size, spacing = np.array(image.GetSize()), np.array(image.GetSpacing(), dtype=float)
+    origin = np.array(image.GetOrigin(), dtype=float)
+    for k in range(3):
+        if sign[k] < 0:  # a flipped axis starts at the input's last voxel along it
+            origin = origin + (size[axis[k]] - 1) * spacing[axis[k]] * direction[:, axis[k]]
+    return size[axis], spacing[axis], origin, new_direction
+
+
+def canonical_spacing(image: sitk.Image) -> tuple[float, float, float]:
+    """The spacing (x, y, z) of `to_canonical(image)`."""
+    return tuple(float(v) for v in canonical_geometry(image)[1])
+
+
+def canonical_slices(image: sitk.Image, zs: list[int]) -> np.ndarray:
+    """Axial slices `zs` of `to_canonical(image)`, (len(zs), y, x), without reorienting the whole volume: each
+    is sampled on its own one-slice canonical grid, which falls on the stored voxels (nearest neighbour)."""
+    size, spacing, origin, direction = canonical_geometry(image)
+    out = []
+    for z in zs:
+        start = origin + direction[:, 2] * spacing[2] * z
+        one = sitk.Resample(image, [int(size[0]), int(size[1]), 1], sitk.Transform(), sitk.sitkNearestNeighbor,
+                            start.tolist(), spacing.tolist(), direction.ravel().tolist(), 0, image.GetPixelID())
+        out.append(sitk.GetArrayFromImage(one)[0])
+    return np.stack(out)
+
+
+def _grid_for(size, spacing, origin, direction, new_spacing) -> tuple[list[int], list[float], list[float]]:
+    """Size, origin and spacing of a grid at `new_spacing` over the same world extent (the centre kept fixed)."""
+    new_spacing = np.array(new_spacing, dtype=float)
+    new_size = np.maximum(1, np.round(np.asarray(size) * np.asarray(spacing) / new_spacing)).astype(int)
     # keep the centre of the volume fixed: shift the origin by half the change of voxel size
-    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ ((new_spacing - old_spacing) / 2)
-    return sitk.Resample(
-        image, [int(s) for s in new_size], sitk.Transform(), interpolator, origin.tolist(), new_spacing.tolist(),
-        image.GetDirection(), default, image.GetPixelID(),
-    )
+    new_origin = np.asarray(origin, dtype=float) + np.asarray(direction).reshape(3, 3) @ ((new_spacing - spacing) / 2)
+    return [int(v) for v in new_size], new_origin.tolist(), new_spacing.tolist()
 
 
 def resample_like(image: sitk.Image, reference: sitk.Image, interpolator=sitk.sitkNearestNeighbor, default: float = 0.0) -> sitk.Image:
@@ -43,12 +78,17 @@ def resample_like(image: sitk.Image, reference: sitk.Image, interpolator=sitk.si
 
 
 def normalize(hu: np.ndarray) -> np.ndarray:
-    """Clip to the abdominal window and scale by the volume's 1st and 99th percentiles to about [0, 1]."""
-    clipped = np.clip(hu, *HU_WINDOW).astype(np.float32)
-    p1, p99 = np.percentile(clipped[:: max(1, clipped.shape[0] // 32)], [1, 99])
+    """Clip to the abdominal window and scale by the volume's 1st and 99th percentiles to about [0, 1].
+
+    In place on one float32 copy: a refined grid of a long CT is hundreds of MB per copy.
+    """
+    clipped = np.clip(hu, *HU_WINDOW).astype(np.float32, copy=False)
+    p1, p99 = (float(v) for v in np.percentile(clipped[:: max(1, clipped.shape[0] // 32)], [1, 99]))
     if p99 - p1 < 1e-3:
         p1, p99 = HU_WINDOW
-    return ((clipped - p1) / (p99 - p1)).astype(np.float32)
+    clipped -= np.float32(p1)
+    clipped /= np.float32(p99 - p1)
+    return clipped
 
 
 @dataclass
@@ -62,20 +102,33 @@ class Prepared:
 def prepare(image: sitk.Image, spacing: tuple[float, float, float]) -> Prepared:
     """Canonical orientation + resampling to `spacing` + normalisation: the input to a network.
 
-    Voxels outside the scan are filled with -1024 HU (air) before normalising.
+    One linear resampling from the stored image straight onto the canonical grid (the same samples a
+    reoriented copy would give, without the copy). Voxels outside the scan are filled with -1024 HU (air)
+    before normalising. The returned grid is a uint8 carrier of the geometry only.
     """
-    canonical = to_canonical(image)
-    resampled = resample(canonical, spacing, sitk.sitkLinear, default=-1024.0)
-    return Prepared(normalize(sitk.GetArrayFromImage(resampled)), resampled)
+    size, old_spacing, origin, direction = canonical_geometry(image)
+    new_size, new_origin, new_spacing = _grid_for(size, old_spacing, origin, direction, spacing)
+    resampled = sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear, new_origin, new_spacing,
+                              direction.ravel().tolist(), -1024.0, sitk.sitkFloat32)
+    array = normalize(sitk.GetArrayViewFromImage(resampled))
+    grid = sitk.Image(new_size, sitk.sitkUInt8)
+    grid.CopyInformation(resampled)
+    return Prepared(array, grid)
 
 
 def inplane_spacing(image: sitk.Image, inplane: float) -> tuple[float, float, float]:
-    """Spacing for the refined stage: `inplane` mm across x and y, the slice spacing kept (2D per slice)."""
-    return (inplane, inplane, image.GetSpacing()[2])
+    """Spacing for the refined stage: `inplane` mm across x and y, the CT's slice spacing (along its canonical
+    z axis) kept: the refined network works per axial slice."""
+    return (inplane, inplane, canonical_spacing(image)[2])
 
 
 def labels_to_grid(labels_array: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarray:
     """Move a label array living on `grid` onto `target`'s grid by nearest neighbour; returns (z, y, x) uint8."""
-    src = sitk.GetImageFromArray(labels_array.astype(np.uint8))
+    return sitk.GetArrayFromImage(labels_onto(labels_array, grid, target))
+
+
+def labels_onto(labels_array: np.ndarray, grid: sitk.Image, target: sitk.Image) -> sitk.Image:
+    """`labels_to_grid` as a uint8 image carrying `target`'s geometry (no array copy of a large CT's grid)."""
+    src = sitk.GetImageFromArray(labels_array.astype(np.uint8, copy=False))
     src.CopyInformation(grid)
-    return sitk.GetArrayFromImage(resample_like(src, target, sitk.sitkNearestNeighbor, 0))
+    return resample_like(src, target, sitk.sitkNearestNeighbor, 0)

@@ -25,7 +25,7 @@ from .errors import ContrastSegError
 from .infer import _pad_to
 from .models.files import Model
 from .organs import BY_ID
-from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like, to_canonical
+from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like
 
 # Typical adult in-plane radius of each organ's cross-section (mm), for the size of a click's disc.
 TYPICAL_RADIUS_MM = {1: 35, 2: 25, 3: 25, 4: 15, 5: 8, 6: 60, 7: 35, 8: 11, 9: 11, 10: 7, 11: 12, 12: 8, 13: 8}
@@ -167,7 +167,7 @@ def refine_mask(net, image: np.ndarray, hints: np.ndarray, device: torch.device,
 
 def refined_grid(image: sitk.Image, model: Model):
     """The CT on the refined network's grid (Prepared): made once per CT by the warm worker."""
-    return prepare(image, inplane_spacing(to_canonical(image), model.card["refined"]["inplane_spacing"]))
+    return prepare(image, inplane_spacing(image, model.card["refined"]["inplane_spacing"]))
 
 
 def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: int, prompts: Prompts,
