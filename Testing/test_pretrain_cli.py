@@ -22,7 +22,7 @@ from pretrain_data import SMALL, entries, shared_dataset, write_dataset
 from realdata import needs_data
 
 pytestmark = needs_data
-EXTRA = {"polycl-o": ["--target-organ", "left_kidney"], "separeg": ["--clusters", "2"]}
+EXTRA = {"separeg": ["--clusters", "2"]}  # polycl-o: its default target organ, chosen from the data (auto)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,9 @@ def test_two_step_run_of_every_strategy(strategy, dataset, tmp_path):
     assert config["strategy"] == strategy and config["hardware"]["device"] == "cpu"
     summary = json.loads((run / "summary.json").read_text())
     assert all(p["steps"] == 2 for p in summary["phases"].values())
+    if strategy == "polycl-o":  # these CTs' central slices all hold the liver: auto picks an organ that splits them
+        log = (run / "log.txt").read_text()
+        assert "polycl-o: target organ" in log and "target organ liver" not in log, log
     if strategy == "voxel-simsiam":
         from contrastseg.train.coarse import load_coarse_init
         from contrastseg.train.settings import CoarseSettings

@@ -85,6 +85,46 @@ def test_ui_file_declares_its_custom_widgets_and_connections():
     assert tree.getroot().find("widget").get("class") == "qMRMLWidget"  # so mrmlSceneChanged reaches the selectors
 
 
+def test_segment_editor_is_set_up_as_slicers_segmenteditor_module_does():
+    """SegmentEditor.py's order: the editor node before the scene (so the .ui must not pass the scene on
+    to the editor), a hook for effects registered later, the editor's shortcuts while the module is shown,
+    and the editor let go of its segmentation and views when the scene closes."""
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ContrastSeg.ui")
+    assert not [c for c in tree.iter("connection") if c.findtext("receiver") == "segmentEditorWidget"]
+    code = (MODULE_DIR / "ContrastSegLib" / "widget.py").read_text()
+    setup = code[code.index("def setupSegmentEditor"):code.index("def onEffectRegistered")]
+    assert setup.index("self.selectEditorNode()") < setup.index("editor.setMRMLScene(slicer.mrmlScene)")
+    assert '"effectRegistered(QString)", self.onEffectRegistered' in setup and "updateEffectList()" in code
+    enter, leave = (code[code.index(f"    def {m}(self)"):][:1200] for m in ("enter", "exit"))
+    assert "installKeyboardShortcuts()" in enter and "uninstallKeyboardShortcuts()" in leave
+    module = (MODULE_DIR / "ContrastSeg.py").read_text()
+    closing = module[module.index("def onSceneStartClose"):module.index("def onSceneEndClose")]
+    assert "releaseEditor()" in closing and "removeViewObservations()" in code[code.index("def releaseEditor"):]
+
+
+def test_module_self_tests_guard_themselves_where_ctest_runs_them(tmp_path, monkeypatch):
+    """ctest runs each test_ method through unittest (never runTest): setUp skips without the requirements
+    and fails, naming the folder, when the default model is not where the engine looks (a bare build tree)."""
+    import unittest
+
+    pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+    from ContrastSeg import ContrastSegTest
+    from ContrastSegLib.install import InstallLogic, self_test_ready
+
+    names = unittest.TestLoader().getTestCaseNames(ContrastSegTest)
+    assert set(names) == {"test_sample_ct", "test_cancel"}
+    fresh_slicer = InstallLogic(version_of=lambda name: None)  # nothing installed yet
+    case = ContrastSegTest("test_sample_ct")
+    with pytest.raises(unittest.SkipTest, match="install the Python requirements"):
+        self_test_ready(case, fresh_slicer)
+    monkeypatch.setenv("CONTRASTSEG_RESOURCES", str(tmp_path))  # a build tree without the model
+    result = unittest.TestResult()
+    case.run(result)
+    assert len(result.failures) == 1 and "the default model is not where the engine looks" in result.failures[0][1]
+    monkeypatch.delenv("CONTRASTSEG_RESOURCES")
+    self_test_ready(case)  # this checkout: requirements installed, model found
+
+
 def test_parameter_bindings_fit_parameterNodeWrapper_connectors():
     """Each settings field bound in widget.py goes to the widget type its connector accepts."""
     code = (MODULE_DIR / "ContrastSegLib" / "widget.py").read_text()

@@ -240,3 +240,33 @@ def test_parameter_bindings_fit_parameterNodeWrapper_connectors():
     for node_field in ("volume", "segmentation", "compareVolume"):
         widget = re.search(rf'"{node_field}": self\.ui\.(\w+)', code).group(1)
         assert widgets[widget] == "qMRMLNodeComboBox"
+
+
+def test_planning_and_launching_from_the_panel_keeps_torch_out_of_slicers_process(tmp_path, home):
+    """The panel's check and Start run in Slicer's GUI process: no torch there (its import takes seconds and
+    CUDA's start more); the GPU memory check runs in the engine process the run starts."""
+    import json
+    import subprocess
+
+    store.register(build_tiny_model(tmp_path / "tiny"), "tiny-base")
+    ds = tmp_path / "ds"
+    subprocess.run([sys.executable, "-m", "contrastseg.cli", "dataset", "add", str(TS / CASES["small"][0]),
+                    str(TS / CASES["small"][1]), "--id-map", "totalsegmentator", "--dataset", str(ds)], check=True,
+                   capture_output=True)
+    script = f"""
+import json, sys
+sys.path[:0] = {[str(REPO / 'ContrastSegTraining'), str(REPO / 'ContrastSeg')]!r}
+from ContrastSegTrainingLib.runs import RunLogic
+from contrastseg.runs.plan import RunRequest
+logic = RunLogic(python=sys.executable)
+req = RunRequest(dataset={str(ds)!r}, base="tiny-base", device="auto", steps=2, coarse_steps=1, batch=2, threads=1,
+                 name="no-torch-here")
+errors = logic.check(req).errors
+monitor = logic.launch(req).wait(timeout=300)
+print(json.dumps({{"errors": errors, "status": monitor.status, "error": monitor.error, "torch": "torch" in sys.modules}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [] and result["status"] == "done", result
+    assert result["torch"] is False, "planning or launching a run imported torch into Slicer's process"

@@ -154,3 +154,16 @@ class InstallLogic:
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=TORCH[len("torch"):])
         if torch is None:
             raise RuntimeError("PyTorch could not be installed; see the Python console for pip's message.")
+
+
+def self_test_ready(test, install: "InstallLogic | None" = None) -> None:
+    """The guard both modules' self-tests run in `setUp`: ctest (slicer_add_python_unittest) runs the test_
+    methods one by one through unittest, never `runTest`. Missing requirements skip the test (unittest's
+    SkipTest); a default model missing where the engine looks (a build tree without it) fails it."""
+    from contrastseg.paths import default_model, resources
+
+    missing = (install or InstallLogic()).missing()
+    if missing:
+        test.skipTest(f"install the Python requirements first (press Segment once): {', '.join(missing)}")
+    if not (default_model() / "card.json").exists():
+        test.fail(f"the default model is not where the engine looks: {default_model()} (resources: {resources()})")

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,15 +74,12 @@ class EngineProcess:
             self._stderr_file = self.stream_file.with_suffix(".stderr.txt")
             with open(self.stream_file, "ab") as out, open(self._stderr_file, "ab") as err:
                 self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                             env=env, start_new_session=True)
+                                             env=env, **_new_group())
         else:
-            # binary pipes read with os.read: a non-blocking *text* stream raises TypeError when it is empty
             self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, env=env, bufsize=0,
-                                         start_new_session=True)
-            self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("out", "err")}
-            os.set_blocking(self.proc.stdout.fileno(), False)
-            os.set_blocking(self.proc.stderr.fileno(), False)
+                                         stdin=subprocess.DEVNULL, env=env, bufsize=0, **_new_group())
+            # a reader thread per pipe: non-blocking pipes (os.set_blocking) do not exist on Windows
+            self._pipes = {"out": _PipeReader(self.proc.stdout), "err": _PipeReader(self.proc.stderr)}
         self.pid = self.proc.pid
         self._stderr_text = ""
         return self
@@ -95,7 +93,7 @@ class EngineProcess:
         p._stderr_text = ""
         return p
 
-    def _read_new(self) -> str:
+    def _read_new(self, final: bool = False) -> str:
         if self.detached:
             if not self.stream_file.exists():
                 return ""
@@ -104,23 +102,8 @@ class EngineProcess:
                 text = f.read()
                 self._offset = f.tell()
             return text
-        self._stderr_text += self._read_pipe(self.proc.stderr, "err")
-        return self._read_pipe(self.proc.stdout, "out")
-
-    def _read_pipe(self, pipe, name: str) -> str:
-        """Everything a non-blocking pipe holds now, decoded (a split UTF-8 character waits for its rest)."""
-        chunks = []
-        while True:
-            try:
-                data = os.read(pipe.fileno(), 65536)
-            except BlockingIOError:
-                break
-            except (OSError, ValueError):  # closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return self._decoders[name].decode(b"".join(chunks))
+        self._stderr_text += self._pipes["err"].take(final)
+        return self._pipes["out"].take(final)
 
     def running(self) -> bool:
         if self.proc is not None:
@@ -130,7 +113,7 @@ class EngineProcess:
     def poll(self) -> list[EngineEvent]:
         """Read what the process wrote since the last call; returns (and dispatches) the new events."""
         alive = self.running()
-        self._buffer += self._read_new()
+        self._buffer += self._read_new(final=not alive)
         *lines, self._buffer = self._buffer.split("\n")
         if not alive:  # the last line may lack its newline
             lines.append(self._buffer)
@@ -194,6 +177,46 @@ class EngineProcess:
         return lines[-1] if lines else None
 
 
+class _PipeReader:
+    """Reads a child's pipe on a daemon thread (blocking reads work on every OS); `take()` returns what
+    arrived since the last call, decoded (a UTF-8 character split across reads waits for its rest)."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data = self._pipe.read1(65536) if hasattr(self._pipe, "read1") else self._pipe.read(65536)
+            except (OSError, ValueError):  # closed
+                break
+            if not data:
+                break
+            with self._lock:
+                self._chunks.append(data)
+
+    def take(self, final: bool = False) -> str:
+        """`final`: the child has ended; wait (briefly) until its pipe is drained, so no last line is lost."""
+        if final:
+            self._thread.join(timeout=10)
+        with self._lock:
+            data, self._chunks = b"".join(self._chunks), []
+        return self._decoder.decode(data)
+
+
+def _new_group() -> dict:
+    """Popen options that give the engine its own process group, so cancel reaches its whole tree (POSIX:
+    a new session, for killpg; Windows: a new process group without a console window, for taskkill /T)."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
 def _exit_code_from_events(events: list[EngineEvent]) -> int:
     if any(e.event == "done" for e in events):
         return 0
@@ -201,17 +224,8 @@ def _exit_code_from_events(events: list[EngineEvent]) -> int:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours still answers kill(0); reap it if it is ours
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
+    """Is `pid` still running? The engine's one test (it never signals a process on Windows, where
+    `os.kill(pid, 0)` would terminate it), without importing torch."""
+    from contrastseg.processes import process_alive
+
+    return process_alive(pid)

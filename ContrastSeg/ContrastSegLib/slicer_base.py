@@ -4,12 +4,15 @@ Both modules import their bases from here, so their Logic classes load under sli
 for the tests, and under the Slicer application unchanged.
 """
 
+import unittest
+
 try:
     from slicer.parameterNodeWrapper import parameterNodeWrapper
     from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                                ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 except ImportError:  # slicer-core: no Qt, no application
-    ScriptedLoadableModule = ScriptedLoadableModuleWidget = ScriptedLoadableModuleTest = object
+    ScriptedLoadableModule = ScriptedLoadableModuleWidget = object
+    ScriptedLoadableModuleTest = unittest.TestCase  # what Slicer's is, less delayDisplay: the self-tests load
 
     class ScriptedLoadableModuleLogic:
         def __init__(self, *args, **kwargs):

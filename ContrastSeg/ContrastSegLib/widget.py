@@ -54,6 +54,9 @@ class Panel:
         for organ in ORGANS:
             self.ui.clickOrganComboBox.addItem(organ.name, organ.key)
         self.ui.clickApplyButton.clicked.connect(self.onClickApply)
+        self._editorNode = None
+        self._effectFactory = None
+        self.setupSegmentEditor()
         self.showError(None)
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.setText("Select a CT and press Segment.")
@@ -75,12 +78,15 @@ class Panel:
             "settings.threads": self.ui.threadsSpinBox,
         })
         self.fillModels()  # and the organs of the chosen model
-        self.setupSegmentEditor()
+        self.selectEditorNode()
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()
         self.updateButtons()
 
     def cleanup(self) -> None:
         self.onCancel()
         self.setParameterNode(None)
+        if self._effectFactory is not None:
+            self._effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
         if self.correction is not None:
             self.correction.cleanup()  # stops the warm worker
 
@@ -255,16 +261,37 @@ class Panel:
 
     # ------------------------------------------------------------------ correcting
     def setupSegmentEditor(self) -> None:
+        """Once, in the order of Slicer's SegmentEditor.py: the editor node before the scene (the selections
+        the editor makes when it gets the scene are then kept in its node), and a hook that adds effects
+        registered later (an extension loaded after this module) to the effect list."""
         editor = self.ui.segmentEditorWidget
-        editor.setMRMLScene(slicer.mrmlScene)
         editor.setMaximumNumberOfUndoStates(10)
+        self.selectEditorNode()
+        editor.setMRMLScene(slicer.mrmlScene)
+        self._effectFactory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self._effectFactory.connect("effectRegistered(QString)", self.onEffectRegistered)
+
+    def onEffectRegistered(self, _name=None) -> None:
+        self.ui.segmentEditorWidget.updateEffectList()
+
+    def selectEditorNode(self) -> None:
+        """The module's own Segment Editor node (a singleton; made again after a scene close)."""
         node = slicer.mrmlScene.GetSingletonNode("ContrastSeg", "vtkMRMLSegmentEditorNode")
         if node is None:
             node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
             node.UnRegister(None)
             node.SetSingletonTag("ContrastSeg")
             node = slicer.mrmlScene.AddNode(node)
-        editor.setMRMLSegmentEditorNode(node)
+        if self._editorNode is not node:
+            self._editorNode = node
+            self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(node)
+
+    def releaseEditor(self) -> None:
+        """Before a scene closes: the editor lets go of the segmentation and of the views."""
+        self._editorNode = None
+        self._shown = None
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
 
     def showResult(self, segmentation, volume) -> None:
         if segmentation is None:
@@ -306,7 +333,9 @@ class Panel:
             widget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
 
     def enter(self) -> None:
-        """Keyboard shortcuts while the module is shown: P places inside points, N outside points."""
+        """Keyboard shortcuts while the module is shown: the Segment Editor's own (effects by number, Space,
+        Ctrl+Z, ...) and P / N to place inside / outside points."""
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.setupPointWidgets()
         window = slicer.util.mainWindow()
         for key, widget in (("p", self.ui.positivePlaceWidget), ("n", self.ui.negativePlaceWidget)):
@@ -344,3 +373,5 @@ class Panel:
             shortcut.setParent(None)
         self._shortcuts = []
         self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()

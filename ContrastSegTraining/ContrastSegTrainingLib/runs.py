@@ -176,12 +176,13 @@ class RunLogic:
         self.python = python
 
     def check(self, request: RunRequest):
-        """The guard rails' verdict without starting anything (errors, warnings, suggested batch)."""
-        return preflight(request)
+        """The guard rails' verdict without starting anything (errors, warnings). Without torch: the GPU
+        memory check runs in the engine process when the run starts (Slicer's GUI thread never loads CUDA)."""
+        return preflight(request, probe_gpu=False)
 
     def launch(self, request: RunRequest, run_dir: Path | None = None, on_update=None) -> RunMonitor:
         """Plan the run (refused with a ContrastSegError if it cannot work) and start it detached."""
-        run_dir, _ = make_plan(request, run_dir)
+        run_dir, _ = make_plan(request, run_dir, probe_gpu=False)
         return self._start(run_dir, on_update)
 
     def resume(self, run_dir: Path, on_update=None) -> RunMonitor:

@@ -59,7 +59,9 @@ def register(sub) -> None:
     e.add_argument("--patch", type=int, default=D.patch, help="patch / region side in pixels")
     e.add_argument("--inplane-spacing", type=float, default=D.inplane_spacing)
     s = p.add_argument_group("polycl")
-    s.add_argument("--target-organ", default="liver", help="polycl-o: the organ whose presence labels a slice")
+    s.add_argument("--target-organ", default="auto",
+                   help="polycl-o: the organ whose presence labels a slice (default auto: the organ that splits the "
+                        "central slices most evenly, the liver on a tie)")
     s.add_argument("--slice-size", type=int, default=D.slice_size)
     s.add_argument("--slice-fraction", type=float, default=D.slice_fraction, help="central fraction of each scan's slices")
     r = p.add_argument_group("separeg")
@@ -91,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from ..pretrain.run import pretrain
     from ..pretrain.strategies import get
 
-    target = _organs(args.target_organ)
+    target = [None] if args.target_organ == "auto" else _organs(args.target_organ)
     if len(target) != 1:
-        raise ContrastSegError("--target-organ takes one organ")
+        raise ContrastSegError("--target-organ takes one organ (or auto)")
     settings = PretrainSettings(
         strategy=args.strategy, steps=args.steps, max_steps=args.max_steps, batch=args.batch, lr=args.lr,
         temperature=args.temperature, seed=args.seed, epoch_steps=args.epoch_steps, depth=args.depth,

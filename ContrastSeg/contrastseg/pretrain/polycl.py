@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ContrastSegError
+from ..organs import BY_ID
 from . import losses
 from .context import Context, epochs_to_steps
 from .data import PretrainEntry
-from .slices import TripletSampler, prepare_slices
+from .slices import TripletSampler, balanced_organ, prepare_slices
 from .strategies import Result, build_encoder, patch_sampler
 from .heads import ContrastiveNet
 
@@ -23,7 +25,17 @@ def run_polycl(ctx: Context, items: list[PretrainEntry]) -> Result:
     mode = "organ" if s.strategy == "polycl-o" else "scan"
     ctx.stage("prepare", "windowing and resizing slices")
     stacks = [prepare_slices(it, ctx.dataset, s.slice_size, s.slice_fraction) for it in items]
-    sampler = TripletSampler(stacks, mode, s.target_organ)
+    target = s.target_organ
+    if mode == "organ" and target is None:
+        target = balanced_organ(stacks)
+        if target is None:
+            raise ContrastSegError("polycl-o needs an organ present in some central slices and absent in others; no "
+                                   f"organ splits the {sum(len(st.slices) for st in stacks)} central slices of these CTs: "
+                                   "raise --slice-fraction, or add CTs with labels or attention")
+        share = float(np.mean(np.concatenate([st.present[:, target] for st in stacks])))
+        ctx.log(f"polycl-o: target organ {BY_ID[target].key} (in {100 * share:.0f}% of the central slices; "
+                "--target-organ names another)")
+    sampler = TripletSampler(stacks, mode, target)
     encoder = build_encoder(ctx)
     net = ContrastiveNet(encoder)
     n = s.batch

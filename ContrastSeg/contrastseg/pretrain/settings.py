@@ -35,7 +35,7 @@ class PretrainSettings:
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
     partial_weight: float = 0.0  # AGCL "partial positives" (same phase, other organ); 0 = Eq. 3 as written
     # PolyCL
-    target_organ: int = 6  # liver, as in the PolyCL paper (LiTS)
+    target_organ: int | None = None  # None: the organ that best splits the central slices (`balanced_organ`)
     slice_size: int = 256
     slice_fraction: float = 0.3
     # SepaReg

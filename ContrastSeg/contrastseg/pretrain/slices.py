@@ -93,6 +93,22 @@ def prepare_slices(item: PretrainEntry, dataset, size: int = 256, fraction: floa
     return stack
 
 
+def balanced_organ(stacks: list[SliceStack], prefer: int = 6) -> int | None:
+    """The organ present in the most even share of the central slices (at least 2 with and 2 without it),
+    the liver on a tie; None if no organ splits them.
+
+    PolyCL-O's label is "the slice holds the target organ". The paper's liver works on LiTS, whose scans run
+    far beyond the liver; the central 30% of an abdominal CT is often all liver (IRCAD patient 1: 39 of 39),
+    which leaves no negatives, so the organ is chosen from the data unless the user names one.
+    """
+    present = np.concatenate([s.present for s in stacks])
+    n, counts = len(present), present.sum(0)
+    usable = [c for c in range(1, present.shape[1]) if 2 <= counts[c] <= n - 2]
+    if not usable:
+        return None
+    return min(usable, key=lambda c: (abs(counts[c] / n - 0.5), c != prefer, c))
+
+
 class TripletSampler:
     """PolyCL triplets (anchor, positive, negative), drawn afresh every step (the authors fixed them offline).
 

@@ -134,6 +134,23 @@ class Runner:
                 self.child.kill()
                 self.child.wait()
 
+    def check_gpu(self, completed: set[str]) -> None:
+        """The GPU memory check, here in the engine process (a plan made in Slicer's GUI process skips it)."""
+        req = self.plan.get("request", {})
+        if req.get("device", "auto") == "cpu" or "refined" in completed or \
+                not any(s["name"] == "refined" for s in self.plan["steps"]):
+            return
+        from .base import read_card
+        from .plan import gpu_problem
+
+        problem, warning, _ = gpu_problem(req.get("device", "auto"), read_card(Path(self.plan["base"]["path"])),
+                                          req.get("finetune_args") or [], int(req.get("batch", 1)))
+        if problem:
+            raise ContrastSegError(problem)
+        if warning:
+            log(self.run_dir, f"warning: {warning}")
+            self.report("refined", 0.0, f"warning: {warning}", force=True)
+
     def execute(self) -> dict:
         """Run the steps not yet finished; returns the final state. Raises ContrastSegError or Cancelled."""
         from .snapshot import check_snapshot
@@ -141,6 +158,7 @@ class Runner:
 
         check_snapshot(self.run_dir, self.plan)
         completed = set(self.state.get("completed", []))
+        self.check_gpu(completed)
         self.save(status="running", pid=os.getpid(), started=self.state.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   message=None)
         log(self.run_dir, "resume" if completed else "start")

@@ -8,15 +8,14 @@ made the model. Each training step is a plain `contrastseg` command line, so pre
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import store
 from ..errors import ContrastSegError
+from ..processes import process_alive
 from .base import arch_args, read_card, refined_card
 from .snapshot import split_validation, write_snapshot
 
@@ -109,8 +108,13 @@ def pretrain_strategies() -> list[str] | None:
 COARSE_STRATEGIES = ("voxel-simsiam",)  # they pretrain the coarse U-Net, which the coarse stage then fine-tunes
 
 
-def preflight(req: RunRequest) -> Preflight:
-    """Check a request before anything starts: enough data for each stage, the base model, the device and memory."""
+def preflight(req: RunRequest, probe_gpu: bool = True) -> Preflight:
+    """Check a request before anything starts: enough data for each stage, the base model, the device and memory.
+
+    `probe_gpu=False` leaves out the GPU memory check, which imports torch and starts CUDA: Slicer's panel
+    plans that way (its GUI process never loads torch) and the check runs in the engine process when the
+    run starts (`gpu_problem`).
+    """
     from ..dataset_edit import latest_per_case, live_records
 
     errors, warnings = [], []
@@ -167,14 +171,19 @@ def preflight(req: RunRequest) -> Preflight:
         warnings.append("the base model has no refined network: the refined stage starts from random weights")
     if req.device not in ("auto", "cpu", "cuda"):
         errors.append(f"unknown device '{req.device}'; use auto, cpu or cuda")
-    elif req.device != "cpu" and card is not None and not errors:
-        from .memory import check_gpu
-
-        problem, warning, suggested = check_gpu(req.device, refined_card(card, req.finetune_args), req.batch)
+    elif probe_gpu and req.device != "cpu" and card is not None and not errors:
+        problem, warning, suggested = gpu_problem(req.device, card, req.finetune_args, req.batch)
         errors += [problem] if problem else []
         warnings += [warning] if warning else []
         result.suggested_batch = suggested
     return result
+
+
+def gpu_problem(device: str, base_card: dict, finetune_args, batch: int) -> tuple[str | None, str | None, int | None]:
+    """(error, warning, suggested batch) of training the refined network on `device` (imports torch)."""
+    from .memory import check_gpu
+
+    return check_gpu(device, refined_card(base_card, finetune_args), batch)
 
 
 def _weights(req: RunRequest, stages: tuple[str, ...], n_train: int, n_val: int) -> dict[str, float]:
@@ -186,8 +195,9 @@ def _weights(req: RunRequest, stages: tuple[str, ...], n_train: int, n_val: int)
     return {k: round(v, 1) for k, v in w.items() if k in stages or k in ("validate", "register")}
 
 
-def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]:
+def make_plan(req: RunRequest, run_dir: Path | None = None, probe_gpu: bool = True) -> tuple[Path, dict]:
     """Check the request, freeze the data and write `plan.json`; returns the run folder and the plan.
+    (`probe_gpu`: see `preflight`.)
 
     Steps: [pretrain] -> coarse (train-coarse --base: partial labels, distillation, replay) -> refined
     (finetune on the new coarse network's attention) -> validate -> register.
@@ -195,7 +205,7 @@ def make_plan(req: RunRequest, run_dir: Path | None = None) -> tuple[Path, dict]
     from ..dataset_edit import latest_per_case, live_records
     from ..io import write_json
 
-    check = preflight(req)
+    check = preflight(req, probe_gpu)
     if check.errors:
         raise ContrastSegError("; ".join(check.errors))
     stages = req.stage_set()
@@ -290,37 +300,6 @@ def read_state(run_dir: Path) -> dict:
         return json.loads((Path(run_dir) / STATE).read_text())
     except (OSError, json.JSONDecodeError):
         return {"status": "planned", "completed": [], "outputs": {}}
-
-
-def process_alive(pid: int | None, run_dir: Path | None = None) -> bool:
-    """Is `pid` alive (and, where /proc tells, a contrastseg process)? Never signals a process on Windows."""
-    if not pid:
-        return False
-    if sys.platform == "win32":
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, int(pid))  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if run_dir is not None and cmdline.exists():
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return stat != "Z" and "contrastseg" in text  # a zombie, or a pid reused by another program, is not our run
-    return True
 
 
 def last_event(run_dir: Path, kinds=("progress",)) -> dict | None:
