@@ -262,11 +262,21 @@ logic = RunLogic(python=sys.executable)
 req = RunRequest(dataset={str(ds)!r}, base="tiny-base", device="auto", steps=2, coarse_steps=1, batch=2, threads=1,
                  name="no-torch-here")
 errors = logic.check(req).errors
+on_gpu = logic.check(RunRequest(dataset={str(ds)!r}, base="tiny-base", device="cuda")).errors
 monitor = logic.launch(req).wait(timeout=300)
-print(json.dumps({{"errors": errors, "status": monitor.status, "error": monitor.error, "torch": "torch" in sys.modules}}))
+print(json.dumps({{"errors": errors, "on_gpu": on_gpu, "status": monitor.status, "error": monitor.error,
+                  "torch": "torch" in sys.modules}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == [] and result["status"] == "done", result
     assert result["torch"] is False, "planning or launching a run imported torch into Slicer's process"
+    if not torch_has_cuda():  # the GPU check still happens, in an engine process (`contrastseg run gpu-check`)
+        assert any("no CUDA GPU is available" in e for e in result["on_gpu"]), result["on_gpu"]
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

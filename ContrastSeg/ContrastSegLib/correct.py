@@ -98,10 +98,12 @@ class CorrectionLogic:
             raise ContrastSegError("place at least one point (or a box) on the organ first")
         try:
             ct = self._ct(volume_node, model)
-            current = self.work / "current.nii.gz"
+            # uncompressed: these two files are written and read at every click (gzip of a 512x512 CT's labels
+            # took about a second each way)
+            current = self.work / "current.nii"
             before = nodes.labelmap_array(segmentation_node, volume_node)
             nodes.write_labels_like(before, self.work / f"{volume_node.GetID()}.nrrd", current)
-            output = self.work / "refined.nii.gz"
+            output = self.work / "refined.nii"
             answer = self.worker().request("refine", ct=ct, organ=BY_ID[organ_id].key, labels=str(current),
                                            output=str(output), points_ras=pos, neg_points_ras=neg, box_ras=box_ras)
         except ContrastSegError:

@@ -11,6 +11,8 @@ The process runner is injected, so tests can use the real `EngineProcess` or a s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,9 +178,26 @@ class RunLogic:
         self.python = python
 
     def check(self, request: RunRequest):
-        """The guard rails' verdict without starting anything (errors, warnings). Without torch: the GPU
-        memory check runs in the engine process when the run starts (Slicer's GUI thread never loads CUDA)."""
-        return preflight(request, probe_gpu=False)
+        """The guard rails' verdict without starting anything (errors, warnings, suggested batch). The GPU
+        memory check runs in an engine process (`contrastseg run gpu-check`): Slicer's never imports torch."""
+        result = preflight(request, probe_gpu=False)
+        if result.errors or request.device == "cpu":
+            return result
+        args = ["run", "gpu-check", "--device", request.device, "--batch", str(request.batch)]
+        args += ["--base", str(request.base)] if request.base else []
+        args += ["--finetune-args", " ".join(request.finetune_args)] if request.finetune_args else []
+        proc = subprocess.run(engine_command(*args, python=self.python or slicer_python()), capture_output=True,
+                              text=True, timeout=300, env={**os.environ, **engine_env()})
+        try:
+            answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            result.errors.append(f"the GPU check failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+            return result
+        result.errors += [answer["error"]] if answer["error"] else []
+        result.warnings += [answer["warning"]] if answer["warning"] else []
+        result.suggested_batch = answer["suggested_batch"]
+        return result
 
     def launch(self, request: RunRequest, run_dir: Path | None = None, on_update=None) -> RunMonitor:
         """Plan the run (refused with a ContrastSegError if it cannot work) and start it detached."""

@@ -67,6 +67,26 @@ def register(sub) -> None:
     c.add_argument("run", type=Path)
     c.set_defaults(func=run_cancel)
 
+    g = rsub.add_parser("gpu-check", help="will the refined network's training batch fit in GPU memory? (JSON)",
+                        description="The GPU memory check of `run plan`, alone: Slicer's training panel asks it "
+                                    "through this command, so its own process never imports torch.")
+    g.add_argument("--base", default=None, help="model to start from (default: the store's default)")
+    g.add_argument("--batch", type=int, default=RunRequest.batch)
+    g.add_argument("--device", default="auto", choices=["auto", "cuda"])
+    g.add_argument("--finetune-args", default="", help="more `contrastseg finetune` options, quoted")
+    g.set_defaults(func=run_gpu_check)
+
+
+def run_gpu_check(args: argparse.Namespace) -> int:
+    from .. import store
+    from ..runs.base import read_card
+    from ..runs.plan import gpu_problem
+
+    error, warning, batch = gpu_problem(args.device, read_card(store.resolve(args.base)),
+                                        shlex.split(args.finetune_args), args.batch)
+    print(json.dumps({"error": error, "warning": warning, "suggested_batch": batch}))
+    return 0
+
 
 def _run_dir(path: Path) -> Path:
     from ..runs.plan import runs_root
