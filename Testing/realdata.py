@@ -24,3 +24,23 @@ def needs_default_model():
 
     return pytest.mark.skipif(not (default_model() / "card.json").exists(),
                               reason=f"the default model is missing at {default_model()}")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The bundled default model on 2 CPU threads (as CI runs it)."""
+    import torch
+
+    from contrastseg.models.files import load_model
+    from contrastseg.paths import default_model
+
+    torch.set_num_threads(2)
+    return load_model(default_model())
+
+
+@pytest.fixture(scope="module")
+def small_ct():
+    """example_ct_sm: the smallest real abdominal CT (122x101x30 at 3 mm)."""
+    from contrastseg.io import read_image
+
+    return read_image(TS / "example_ct_sm.nii.gz")

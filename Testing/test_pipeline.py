@@ -7,18 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
 from contrastseg.infer import _probs_to_grid, coarse_probabilities, refine, segment
 from contrastseg.io import read_image, read_labels
-from contrastseg.models.files import load_model
 from contrastseg.organs import TOTALSEGMENTATOR_TO_BTCV
-from contrastseg.paths import default_model
 from contrastseg.preprocess import inplane_spacing, prepare, to_canonical
-from realdata import TS, needs_data, needs_default_model
+from realdata import TS, model, needs_data, needs_default_model, small_ct  # noqa: F401 - fixtures
 
 pytestmark = [needs_data, needs_default_model()]
 CPU = torch.device("cpu")
@@ -27,17 +24,6 @@ CPU = torch.device("cpu")
 # them fails. The sample CT was training data, so these check the pipeline, not generalisation.
 SAMPLE_MEAN_DICE_FLOOR = 0.45  # measured 0.523 (12 organs; the small ones score 0)
 SAMPLE_LIVER_DICE_FLOOR = 0.90  # measured 0.953
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(2)
-    return load_model(default_model())
-
-
-@pytest.fixture(scope="module")
-def small_ct():
-    return read_image(TS / "example_ct_sm.nii.gz")
 
 
 def dice(a, b):

@@ -18,6 +18,7 @@ from contrastseg import store
 from contrastseg.cli import main
 from contrastseg.dataset_edit import add_entry
 from contrastseg.errors import ContrastSegError
+from contrastseg.paths import default_model
 from contrastseg.runs.memory import check_gpu, fitting_batch, training_bytes
 from contrastseg.runs.plan import RunRequest, make_plan, preflight, run_status
 from contrastseg.train.loop import train
@@ -218,6 +219,10 @@ def test_finetuning_the_default_model_continues_from_it(tmp_path):
     add_entry(ds, CT, SEG, id_map="totalsegmentator", case="held-out", validation=True)
     run_dir, plan = make_plan(RunRequest(ds, steps=6, coarse_steps=6, batch=2, device="cpu", threads=2, name="ft-default"))
     assert [d["id"] for d in plan["data"]["validation"]] == ["held-out-v1"]
+    base_card = json.loads((default_model() / "card.json").read_text())
+    prompts = base_card["training"]["refined"]["settings"].get("prompts") or 0
+    (refined,) = [s["argv"] for s in plan["steps"] if s["name"] == "refined"]
+    assert (refined[refined.index("--prompts") + 1] == str(prompts)) if prompts else "--prompts" not in refined
     assert main(["run", "start", str(run_dir), "--progress", "none"]) == 0
     val = store.show("ft-default")["card"]["validation"]
     base, new = val["base"], val["model"]

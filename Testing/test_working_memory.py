@@ -18,11 +18,9 @@ import torch
 
 from contrastseg.infer import REFINE_BATCH, _bbox, _pad_to, _probs_to_grid, coarse_stage, refine
 from contrastseg.io import read_image
-from contrastseg.models.files import load_model
-from contrastseg.paths import default_model
 from contrastseg.preprocess import (canonical_geometry, canonical_slices, inplane_spacing, normalize, prepare,
                                     to_canonical)
-from realdata import IRCAD, TS, needs_data, needs_default_model
+from realdata import IRCAD, model, needs_data, needs_default_model, small_ct  # noqa: F401 - fixtures
 
 pytestmark = [needs_data, needs_default_model()]
 CPU = torch.device("cpu")
@@ -37,17 +35,6 @@ def storage_variants(image: sitk.Image):
     c, s = np.cos(0.3), np.sin(0.3)
     oblique.SetDirection((np.array(image.GetDirection()).reshape(3, 3) @ [[c, -s, 0], [s, c, 0], [0, 0, 1]]).ravel().tolist())
     yield oblique
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(2)
-    return load_model(default_model())
-
-
-@pytest.fixture(scope="module")
-def small_ct():
-    return read_image(TS / "example_ct_sm.nii.gz")
 
 
 def test_canonical_geometry_is_dicomorients_without_the_copy(small_ct):

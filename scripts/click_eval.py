@@ -6,13 +6,14 @@ of the largest error component: a positive click on a miss, a negative click on 
 (read in place from ../shared/data): IRCAD patient 1 (manual masks) and the TotalSegmentator CTs (their
 labels are a model's output). Also prints the time per interaction inside the worker.
 
-    python scripts/click_eval.py [--clicks 5] [--cases ircad,ts_example_ct_sm] [--organs right_kidney,spleen]
+    python scripts/click_eval.py [--clicks 5] [--cases ircad,ts_example_ct_sm] [--organs right_kidney,spleen] [--model M]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=5)
-    ap.add_argument("--cases", default="ircad,ts_example_ct_sm")
+    ap.add_argument("--cases", default="ircad,ts_example_ct,ts_example_ct_sm,ts_dicom")
     ap.add_argument("--organs", default=None, help="organ keys (default: every organ the case's truth holds)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -72,12 +73,13 @@ def main() -> None:
             truth = truth_of(case, image)
             spacing = tuple(reversed(image.GetSpacing()))
             ct = client.request("open", ct=str(image_path), model=args.model)
-            seg = client.request("segment", ct=ct["ct"], output=str(work / f"{case}.nii.gz"))
+            # uncompressed label files, as the Slicer module exchanges them with the worker at every click
+            seg = client.request("segment", ct=ct["ct"], output=str(work / f"{case}.nii"))
             assert seg["ok"], seg
             for organ in sorted(truth):
                 if (wanted and organ not in wanted) or organ not in ct["organs"]:
                     continue
-                current = work / f"{case}.nii.gz"
+                current = work / f"{case}.nii"
                 pred = sitk.GetArrayFromImage(sitk.ReadImage(str(current))) == organ
                 scores, noc = [dice(pred, truth[organ])], None
                 points_pos, points_neg = [], []
@@ -88,7 +90,7 @@ def main() -> None:
                     positive, (z, y, x) = click
                     lps = image.TransformIndexToPhysicalPoint((x, y, z))
                     (points_pos if positive else points_neg).append([-lps[0], -lps[1], lps[2]])
-                    out = work / f"{case}-{organ}-{k}.nii.gz"
+                    out = work / f"{case}-refined.nii"  # overwritten at each click (34 MB for IRCAD)
                     t0 = time.perf_counter()
                     answer = client.request("refine", ct=ct["ct"], organ=BY_ID[organ].key, labels=str(current),
                                             output=str(out), points_ras=points_pos, neg_points_ras=points_neg)
@@ -105,6 +107,7 @@ def main() -> None:
             client.request("close", ct=ct["ct"])
     finally:
         client.stop()
+        shutil.rmtree(work, ignore_errors=True)
     pick = lambda s, k: s[min(k, len(s) - 1)]  # noqa: E731  (a case that reached Dice 1 keeps its last score)
     print("\n| CT | organ | Dice before | after 1 click | after 3 | after 5 | NoC@85 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

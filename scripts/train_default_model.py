@@ -7,6 +7,12 @@ mapped to BTCV ids): example_ct.nii.gz + example_seg_fast_force_split.nii.gz, an
     python scripts/train_default_model.py --work work/default --threads 2
 
 Then copy work/default/refined/model/* into Resources/Models/default/ (weights stored as fp16).
+
+The shipped model's refined network was then trained for prompts (METHODS §10) on the same data, from its
+own weights, keeping its coarse network:
+
+    python scripts/train_default_model.py --work work/prompt --refined-from Resources/Models/default \
+        --refined-steps 600 --lr 3e-4 --prompts 0.3
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ def main() -> None:
     ap.add_argument("--coarse-steps", type=int, default=800)
     ap.add_argument("--refined-steps", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--refined-from", type=Path, default=None,
+                    help="a model folder: keep its coarse network and start the refined one from its weights")
+    ap.add_argument("--lr", type=float, default=RefinedSettings.lr, help="refined network's learning rate")
+    ap.add_argument("--prompts", type=float, default=RefinedSettings.prompts,
+                    help="share of refined patches with prompt-like attention (clicks, boxes, strokes, previous slice)")
+    ap.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -46,12 +58,18 @@ def main() -> None:
     (args.work / "data").mkdir(exist_ok=True)
     (args.work / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     device = torch.device(args.device)
-    coarse = train_coarse(args.work / "data", args.work / "coarse",
-                          CoarseSettings(steps=args.coarse_steps),
-                          device, Progress("bar", {"train": 1}))
+    init = None
+    if args.refined_from is not None:
+        coarse, init = args.refined_from, args.refined_from / "refined.safetensors"
+    else:
+        coarse = train_coarse(args.work / "data", args.work / "coarse",
+                              CoarseSettings(steps=args.coarse_steps),
+                              device, Progress("bar", {"train": 1}))
     print("\ncoarse model:", coarse)
-    refined = finetune(args.work / "data", args.work / "refined", coarse, RefinedSettings(steps=args.refined_steps),
-                       device, Progress("bar", {"train": 1}))
+    settings = RefinedSettings(steps=args.refined_steps, lr=args.lr, prompts=args.prompts,
+                               coarse_attention=args.coarse_attention)
+    refined = finetune(args.work / "data", args.work / "refined", coarse, settings, device,
+                       Progress("bar", {"train": 1}), init=init)
     print("\nrefined model:", refined)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .hints import prompt_attention
+
 
 @dataclass
 class OrganIndex:
@@ -53,17 +55,22 @@ def perturb_mask(mask: np.ndarray, rng: np.random.Generator, max_radius: int = 3
 
 
 def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ: int, rng: np.random.Generator,
-                 size: int = 128, perturb: bool = True, attention_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 size: int = 128, perturb: bool = True, attention_map: np.ndarray | None = None,
+                 prompt_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One training patch for `organ`: input (2, size, size) = (image, attention), target (size, size) in {0,1}.
 
     The centre is a random voxel of `index`'s organ, so every patch holds some of it (METHODS §1.3). Without
     `attention_map` the attention is the (perturbed) truth and `index` indexes the truth; with it (a coarse
     network's label map on the same grid, the loop's refined training) `index` indexes that map, the
     attention is its organ mask as at inference, and the target may be empty (a coarse false positive).
+    With `prompt_mm` (the grid's pixel size) the attention is prompt-like instead (`hints.prompt_attention`).
     """
     z, cy, cx = index.coords[organ][rng.integers(len(index.coords[organ]))]
     truth = crop2d(labels[z] == organ, cy, cx, size, False)
-    if attention_map is not None:
+    if prompt_mm is not None:
+        nz = int(np.clip(z + (1 if rng.random() < 0.5 else -1), 0, len(labels) - 1))
+        attention = prompt_attention(truth, crop2d(labels[nz] == organ, cy, cx, size, False), organ, prompt_mm, rng)
+    elif attention_map is not None:
         attention = crop2d(attention_map[z] == organ, cy, cx, size, False)
     else:
         attention = perturb_mask(truth, rng) if perturb else truth

@@ -27,11 +27,8 @@ from .models.files import Model
 from .organs import BY_ID
 from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like
 
-# Typical adult in-plane radius of each organ's cross-section (mm), for the size of a click's disc.
-TYPICAL_RADIUS_MM = {1: 35, 2: 25, 3: 25, 4: 15, 5: 8, 6: 60, 7: 35, 8: 11, 9: 11, 10: 7, 11: 12, 12: 8, 13: 8}
-CLICK_FRACTION = 0.6
-STROKE_DILATION = 2
-PROPAGATION_DILATION = 3
+from .hints import CLICK_FRACTION, PROPAGATION_DILATION, STROKE_DILATION, TYPICAL_RADIUS_MM, ellipse_in_box
+
 MARGIN = 16  # pixels around the attention box, as at inference
 
 
@@ -89,20 +86,22 @@ def _ball(shape, centre: np.ndarray, radius_mm: float, spacing_xyz) -> np.ndarra
 
 def _ellipse(shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
-    cy, cx = (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2
-    ry, rx = max(0.5, (hi[1] - lo[1]) / 2), max(0.5, (hi[2] - lo[2]) / 2)
-    ys, xs = np.ogrid[: shape[1], : shape[2]]
-    disc = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
-    out[lo[0]: hi[0] + 1] = disc
+    out[lo[0]: hi[0] + 1] = ellipse_in_box(shape[1:], lo[1], lo[2], hi[1], hi[2])
     return out
 
 
-def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(attention hints, voxels excluded by negative points) on the refined grid `grid`, both (z, y, x) bool."""
+def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarray | None,
+              hint_value: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(attention, voxels excluded by negative points) on the refined grid `grid`, (z, y, x) float32 and bool.
+
+    Clicks, boxes and strokes are `hint_value` (a network trained for prompts takes them at
+    `hints.PROMPT_VALUE`, its card's `refined.prompt_value`), and so is the current segment beside them; the
+    current segment alone (a negative click on it) is a mask, 1.
+    """
     shape = tuple(reversed(grid.GetSize()))
     spacing = grid.GetSpacing()
     radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
-    hints = current.copy() if (current is not None and prompts.use_current) else np.zeros(shape, dtype=bool)
+    hints = np.zeros(shape, dtype=bool)
     for p in prompts.positive:
         hints |= _ball(shape, _index(grid, p, "positive point"), radius, spacing)
     for a, b in prompts.boxes:
@@ -111,10 +110,16 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     if prompts.scribble is not None:
         stroke = sitk.GetArrayFromImage(resample_like(sitk.Cast(prompts.scribble != 0, sitk.sitkUInt8), grid)) > 0
         hints |= ndimage.binary_dilation(stroke, iterations=STROKE_DILATION, structure=_disc())
+    if current is not None and prompts.use_current:
+        attention = np.where(current, np.float32(hint_value if hints.any() else 1.0), np.float32(0.0))
+    else:
+        attention = np.zeros(shape, dtype=np.float32)
+    attention[hints] = np.float32(hint_value)
     excluded = np.zeros(shape, dtype=bool)
     for p in prompts.negative:
         excluded |= _ball(shape, _index(grid, p, "negative point"), radius, spacing)
-    return hints & ~excluded, excluded
+    attention[excluded] = 0.0
+    return attention, excluded
 
 
 def _disc() -> np.ndarray:
@@ -124,29 +129,29 @@ def _disc() -> np.ndarray:
 
 
 @torch.inference_mode()
-def _predict(net, image: np.ndarray, attention: np.ndarray, zs: list[int], device: torch.device) -> np.ndarray:
-    """The refined network on slices `zs` with their attention; foreground masks (len(zs), y, x)."""
-    out = np.zeros((len(zs),) + image.shape[1:], dtype=bool)
-    att = attention[zs]
+def _predict(net, image: np.ndarray, att: np.ndarray, device: torch.device) -> np.ndarray:
+    """The refined network on image slices (n, y, x) with their attention (n, y, x); foreground (n, y, x)."""
+    out = np.zeros(image.shape, dtype=bool)
     if not att.any():
         return out
     ys, xs = np.nonzero(att.any(axis=0))
     y0, y1 = max(0, ys.min() - MARGIN), min(image.shape[1], ys.max() + 1 + MARGIN)
     x0, x1 = max(0, xs.min() - MARGIN), min(image.shape[2], xs.max() + 1 + MARGIN)
-    x = np.stack([image[zs, y0:y1, x0:x1], att[:, y0:y1, x0:x1].astype(np.float32)], axis=1)
+    x = np.stack([image[:, y0:y1, x0:x1], att[:, y0:y1, x0:x1].astype(np.float32)], axis=1)
     xt, sizes = _pad_to(torch.from_numpy(x).to(device), net.divisor)
     logits = net(xt)[..., : sizes[0], : sizes[1]]
     out[:, y0:y1, x0:x1] = (logits[:, 1] > logits[:, 0]).cpu().numpy()
     return out
 
 
-def refine_mask(net, image: np.ndarray, hints: np.ndarray, device: torch.device, batch: int = 16) -> np.ndarray:
-    """The organ on the refined grid: the network on every hinted slice, then propagation to the others."""
+def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.device, batch: int = 16) -> np.ndarray:
+    """The organ on the refined grid: the network on every slice with attention, then propagation to the others
+    (the neighbour's prediction, dilated, as a mask of value 1)."""
     pred = np.zeros(image.shape, dtype=bool)
-    hinted = [int(z) for z in np.nonzero(hints.any(axis=(1, 2)))[0]]
+    hinted = [int(z) for z in np.nonzero(attention.any(axis=(1, 2)))[0]]
     for start in range(0, len(hinted), batch):
         zs = hinted[start:start + batch]
-        pred[zs] = _predict(net, image, hints, zs, device)
+        pred[zs] = _predict(net, image[zs], attention[zs], device)
     if not hinted:
         return pred
     done = set(hinted)
@@ -156,9 +161,7 @@ def refine_mask(net, image: np.ndarray, hints: np.ndarray, device: torch.device,
             seed = ndimage.binary_dilation(pred[z - step], iterations=PROPAGATION_DILATION)
             if not seed.any():
                 break
-            att = np.zeros(image.shape, dtype=bool)
-            att[z] = seed
-            pred[z] = _predict(net, image, att, [z], device)[0]
+            pred[z] = _predict(net, image[z:z + 1], seed[None].astype(np.float32), device)[0]
             if not pred[z].any():
                 break
             z += step
@@ -186,7 +189,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
     fine = fine if fine is not None else refined_grid(image, model)
     labels = sitk.GetArrayFromImage(current)
     organ_now = labels_to_grid((labels == organ).astype(np.uint8), current, fine.grid) > 0
-    hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now)
+    hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now, model.card["refined"].get("prompt_value", 1.0))
     pred = refine_mask(model.refined.to(device).eval(), fine.array, hints, device) & ~excluded
     if prompts.negative:  # a negative click removes the whole component it lands in
         cc, _ = ndimage.label(pred)

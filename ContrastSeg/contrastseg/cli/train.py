@@ -63,6 +63,9 @@ def register(sub) -> None:
     p.add_argument("--no-skip", action="store_true", help="pure DeepLabV3 decoder (no low-level skip)")
     p.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention,
                    help="share of patches whose attention is the base's coarse output (else the perturbed truth)")
+    p.add_argument("--prompts", type=float, default=RefinedSettings.prompts,
+                   help="share of patches whose attention is a prompt-like mask (a click's ball, a box's ellipse, a "
+                        "partial stroke, the previous slice's organ: METHODS §10), so the network answers clicks")
     p.add_argument("--replay", type=float, default=RefinedSettings.replay, help="share of patches from the base's training cases")
     p.add_argument("--organs", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -108,7 +111,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     settings = RefinedSettings(depth=args.depth, widths=args.widths, stem=args.stem, aspp_width=args.aspp_width,
                                skip=not args.no_skip, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
                                freeze_encoder=args.freeze_encoder, organs=_organs(args.organs),
-                               coarse_attention=args.coarse_attention, replay=args.replay)
+                               coarse_attention=args.coarse_attention, replay=args.replay,
+                               prompts=args.prompts)
     device, progress = runtime(args, {"train": 1.0})
     model_dir = finetune(args.dataset, args.run, store.resolve(args.base), settings, device, progress, args.init,
                          args.encoder)

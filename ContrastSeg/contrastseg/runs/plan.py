@@ -258,6 +258,9 @@ def make_plan(req: RunRequest, run_dir: Path | None = None, probe_gpu: bool = Tr
         init = ["--init", str(base_path / refined["weights"])] if refined else []
         if pretrained and req.strategy not in COARSE_STRATEGIES:
             init += ["--encoder", pretrained]
+        # a base trained for prompts keeps answering clicks: the same share of prompt-like patches
+        prompts = ((base_card.get("training") or {}).get("refined") or {}).get("settings", {}).get("prompts") or 0
+        init += ["--prompts", str(prompts)] if prompts and "--prompts" not in req.finetune_args else []
         steps.append({"name": "refined", "kind": "cli", "argv": [
             "finetune", "data/train.json", "--run", "steps/refined", "--base", model_for_refined,
             "--steps", str(req.steps), "--batch", str(req.batch), "--lr", str(LOOP_REFINED["lr"]), *init, *arch,

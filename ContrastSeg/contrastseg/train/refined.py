@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from ..dataset import Entry, PreparedCase, entries, prepare_case
 from ..errors import ContrastSegError
 from ..models.files import Model, build_refined, load_model, read_card, save_stage, write_card
+from ..hints import PROMPT_VALUE
 from ..patches import OrganIndex, sample_patch
 from ..progress import Progress
 from .loop import cosine, train
@@ -111,9 +112,10 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
     (a pretraining run's, on top of the base model's decoder: the loop's `--stages pretrain,...`).
 
     Each entry teaches only the organs it annotates (an unannotated organ yields no patch). A share of the
-    patches (`settings.coarse_attention`) gets as attention the base model's coarse output, as at inference
-    (so the network learns to fix that coarse network's errors, false positives included); the rest get the
-    perturbed truth. A share of the patches (`settings.replay`) comes from the base model's own training
+    patches (`settings.prompts`) gets prompt-like attention (a click, a box, a stroke, the previous slice),
+    so the network answers clicks (METHODS §10); of the rest, a share (`settings.coarse_attention`) gets as
+    attention the base model's coarse output, as at inference (so the network learns to fix that coarse
+    network's errors, false positives included), and the others the perturbed truth. A share of the patches (`settings.replay`) comes from the base model's own training
     cases, where found on this machine.
     """
     base_card = read_card(base_model)
@@ -160,6 +162,9 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
         organ = organ_list[rng.integers(len(organ_list))]  # organs drawn uniformly: small organs get their share
         options = [s for s in sources if organ in s.truth.coords]
         src = options[rng.integers(len(options))]
+        if settings.prompts > 0 and rng.random() < settings.prompts:  # no draw at 0: the same stream as before
+            return sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
+                                prompt_mm=settings.inplane_spacing)
         if src.attention_index is not None and organ in src.attention_index.coords and rng.random() < settings.coarse_attention:
             return sample_patch(src.case.image, src.case.labels, src.attention_index, organ, rng, settings.patch,
                                 attention_map=src.attention)
@@ -194,7 +199,9 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
         "name": run_dir.name,
         "organs": sorted(set(base_card["organs"]) | set(user_organs)),
         "coarse": dict(base_card["coarse"], weights="coarse.safetensors"),
-        "refined": dict(settings.card(), weights=weights),
+        # trained for prompts: clicks go in at PROMPT_VALUE (a base's value is kept by a run without prompts)
+        "refined": dict(settings.card(), weights=weights, **({"prompt_value": PROMPT_VALUE} if settings.prompts > 0 else {
+            k: v for k, v in (base_card.get("refined") or {}).items() if k == "prompt_value"})),
         "replay": replay_cases(base_card),
         "training": dict(base_card.get("training", {}), refined={
             "settings": asdict(settings), "summary": summary, "device": str(device), "init": str(init) if init else None,

@@ -43,6 +43,7 @@ class RefinedSettings:
     coarse_attention: float = 0.5  # share of patches whose attention is the coarse network's output (else: the
     #                                perturbed truth); only when the base model's coarse network is at hand
     replay: float = 1 / 3
+    prompts: float = 0.0  # share of patches whose attention is prompt-like (hints.prompt_attention), drawn first
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
 
     def card(self) -> dict:

@@ -1,0 +1,91 @@
+"""The refined network trained for prompts (METHODS §10, issue 9 item 3): the prompt-like attention masks
+drawn on real CT, what a training patch with one holds, and `finetune --prompts` recording it on the card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from contrastseg.hints import PROMPT_VALUE, PROPAGATION_DILATION, click_radius_px, prompt_attention
+from contrastseg.io import read_image, read_labels
+from contrastseg.organs import TOTALSEGMENTATOR_TO_BTCV
+from contrastseg.patches import OrganIndex, sample_patch
+from contrastseg.preprocess import inplane_spacing, labels_to_grid, prepare
+from realdata import TS, needs_data
+
+pytestmark = needs_data
+PIXEL_MM = 1.5
+
+
+@pytest.fixture(scope="module")
+def grid():
+    image = read_image(TS / "example_ct.nii.gz")
+    labels = read_labels(TS / "example_seg_fast_force_split.nii.gz", image, TOTALSEGMENTATOR_TO_BTCV)
+    fine = prepare(image, inplane_spacing(image, PIXEL_MM))
+    return fine.array, labels_to_grid(sitk.GetArrayFromImage(labels), labels, fine.grid)
+
+
+def test_prompt_masks_are_each_kind_of_hint(grid):
+    _, labels = grid
+    rng = np.random.default_rng(0)
+    for organ in (2, 6, 11):  # right kidney, liver, pancreas
+        zs = np.nonzero((labels == organ).any(axis=(1, 2)))[0]
+        z = int(zs[len(zs) // 2])
+        truth, neighbour = labels[z] == organ, labels[z - 1] == organ
+        previous = ndimage.binary_dilation(neighbour, iterations=PROPAGATION_DILATION)
+        near = ndimage.distance_transform_edt(~truth) <= 1.3 * click_radius_px(organ, PIXEL_MM) + 1
+        ys, xs = np.nonzero(truth)
+        box = np.zeros_like(truth)
+        h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        box[max(0, ys.min() - h // 10 - 1): ys.max() + h // 10 + 2, max(0, xs.min() - w // 10 - 1): xs.max() + w // 10 + 2] = True
+        kinds = set()
+        for _ in range(80):
+            att = prompt_attention(truth, neighbour, organ, PIXEL_MM, rng)
+            assert att.dtype == np.float32 and att.shape == truth.shape and att.any()
+            assert set(np.unique(att)) <= {0.0, PROMPT_VALUE, 1.0}
+            mask = att > 0
+            if np.array_equal(att, previous.astype(np.float32)):
+                kinds.add("previous")  # a mask, at 1: what propagation gives
+            elif (att == 1).any():
+                raise AssertionError("a user's hint at 1, the value of a coarse mask")
+            elif (mask & truth).any() and not (mask & ~near).any() and (mask & ~box).any():
+                kinds.add("click")  # balls around organ pixels, reaching out of the organ's box
+            elif not (mask & ~box).any():
+                kinds.add("box or stroke")  # inside the organ's (jittered) box
+        assert kinds == {"previous", "click", "box or stroke"}, (organ, kinds)
+
+
+def test_a_prompt_patch_keeps_the_organ_as_target(grid):
+    image, labels = grid
+    index = OrganIndex.build(labels, [2, 6])
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x, y = sample_patch(image, labels, index, 2, rng, 128, prompt_mm=PIXEL_MM)
+        assert x.shape == (2, 128, 128) and y.shape == (128, 128)
+        assert y.sum() > 0 and x[1].sum() > 0  # the patch is centred on the organ; the hint is somewhere on it
+        assert set(np.unique(x[1])) <= {0.0, PROMPT_VALUE, 1.0}
+
+
+def test_finetune_with_prompts_records_them(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"format": "contrastseg-dataset/1", "entries": [
+        {"id": "sm", "image": str(TS / "example_ct_sm.nii.gz"), "labels": str(TS / "example_seg.nii.gz"),
+         "id_map": "totalsegmentator"}]}))
+    from contrastseg.paths import default_model
+
+    run = tmp_path / "ft"
+    proc = subprocess.run([sys.executable, "-m", "contrastseg.cli", "finetune", str(data), "--run", str(run),
+                           "--base", str(default_model()), "--init", str(default_model() / "refined.safetensors"),
+                           "--steps", "2", "--batch", "2", "--prompts", "0.5", "--coarse-attention", "0",
+                           "--threads", "1", "--progress", "none"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((run / "model" / "card.json").read_text())
+    assert card["training"]["refined"]["settings"]["prompts"] == 0.5
+    assert card["refined"]["prompt_value"] == PROMPT_VALUE  # how clicks must be given to this network
