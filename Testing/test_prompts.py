@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from contrastseg.cli import main
 from contrastseg.dataset import NAMED_ID_MAPS
@@ -53,6 +54,17 @@ def test_only_the_chosen_organ_changes_and_a_negative_click_removes_its_componen
     assert out[cube[2], cube[1], cube[0]] == 0 and np.sum(out == 1) > 0.5 * np.sum(labels == 1)
     kept = (labels != 1) & (labels != 0)  # every other organ's voxels, exactly as they were
     assert np.array_equal(out[kept], labels[kept])
+
+
+def test_a_negative_click_on_the_organ_itself_trims_it_and_never_deletes_it(tmp_path, current):
+    """The simulated clicks' failure: one negative click on a leak of a good organ removed its whole (single)
+    connected component. On the organ itself, the click removes its ball only."""
+    path, labels, _ = current
+    liver = labels == 6
+    inner = ndimage.binary_erosion(liver, iterations=2)
+    z, y, x = np.argwhere(liver & ~inner)[len(np.argwhere(liver & ~inner)) // 3]  # a voxel on the liver's edge
+    out = _refine(tmp_path, CT, path, "trim", "--organ", "liver", "--neg-point-ijk", f"{x},{y},{z}")
+    assert out[z, y, x] != 6 and np.sum(out == 6) > 0.8 * np.sum(liver)
 
 
 def test_ras_and_ijk_points_agree_on_a_flipped_copy(tmp_path, current):
