@@ -102,6 +102,15 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
 
         return self.dataset or default_dataset()
 
+    def useDatasetFolder(self, path: str) -> str | None:
+        """Use the dataset at `path` from now on; None, or why not (an empty path would be Slicer's working
+        directory, so the current folder stays)."""
+        path = (path or "").strip()
+        if not path:
+            return f"Choose a dataset folder (still using {self.datasetFolder()})."
+        self.dataset = Path(path)
+        return None
+
     def exportCase(self, volume, segmentation, phase: str = "", note: str = "", validation: bool = False):
         from ContrastSegTrainingLib.export import export_case
 
@@ -179,6 +188,13 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
         if getattr(self, "_compare", None) is None:
             self._compare = CompareLogic(SegmentationLogic(runner=self.runner, python=self.python))
         return self._compare
+
+    @staticmethod
+    def compareProblem(volume, old_model: str | None, new_model: str | None) -> str | None:
+        """Why Compare cannot start with these choices (empty model lists before any training), or None."""
+        if not old_model or not new_model or volume is None:
+            return "Choose a CT and two models to compare (train one first if the lists are empty)."
+        return None
 
     def compare(self, volume, old_model: str, new_model: str, device: str = "auto", threads: int = 0):
         if volume is None:

@@ -25,20 +25,9 @@ from contrastseg.runs.execute import run_lock
 from contrastseg.runs.plan import RunRequest, make_plan, preflight
 from contrastseg.train.loop import read_history, train
 from realdata import TS, needs_data
-from tiny_model import build_tiny_model
+from tiny_model import build_tiny_model, home, tiny  # noqa: F401 - fixtures
 
 CT, SEG = TS / "example_ct_sm.nii.gz", TS / "example_seg.nii.gz"
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    return build_tiny_model(tmp_path / "tiny")
 
 
 # ---------------------------------------------------------------- dataset

@@ -280,3 +280,16 @@ def torch_has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_panel_decisions_live_in_the_logic(tmp_path, slicer_app):  # noqa: F811
+    """The dataset folder field and Compare ask the Logic: an empty path keeps the current folder (it would
+    be Slicer's working directory), and Compare without a CT or with an empty model list says what is missing."""
+    logic = ContrastSegTrainingLogic(dataset=tmp_path / "ds")
+    refused = logic.useDatasetFolder("   ")
+    assert refused and str(tmp_path / "ds") in refused and logic.datasetFolder() == tmp_path / "ds"
+    assert logic.useDatasetFolder(str(tmp_path / "other")) is None and logic.datasetFolder() == tmp_path / "other"
+    volume, _, _ = load_case(slicer_app, tmp_path)
+    assert "two models" in logic.compareProblem(volume, "", "default")
+    assert "two models" in logic.compareProblem(None, "default", "default")
+    assert logic.compareProblem(volume, "default", "mine") is None

@@ -24,21 +24,10 @@ from contrastseg.runs.plan import RunRequest, make_plan, preflight, run_status
 from contrastseg.train.loop import train
 from contrastseg.train.settings import RefinedSettings
 from realdata import TS, needs_data, needs_default_model
-from tiny_model import TINY_REFINED, build_tiny_model
+from tiny_model import TINY_REFINED, build_tiny_model, home, tiny  # noqa: F401 - fixtures
 
 CT, SEG = TS / "example_ct_sm.nii.gz", TS / "example_seg.nii.gz"
 GIB = 2**30
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    return build_tiny_model(tmp_path / "tiny")
 
 
 def two_cases(ds):
@@ -241,6 +230,6 @@ def test_voxel_simsiam_pretraining_feeds_the_coarse_stage(tmp_path, tiny, capsys
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     weights = next(e["path"] for e in events if e["event"] == "output" and e.get("kind") == "weights")
     log = (store.home() / "runs" / "vx" / "log.txt").read_text()
-    assert weights.endswith("coarse.safetensors") and f"train-coarse data/train.json" in log and f"--init {weights}" in log
+    assert weights.endswith("coarse.safetensors") and "train-coarse data/train.json" in log and f"--init {weights}" in log
     assert "--encoder" not in log  # the refined network starts from the base's, not from a pretrained encoder
     assert store.show("vx")["card"]["strategy"] == "voxel-simsiam"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 TINY_REFINED = {"depth": 10, "widths": [8, 16, 32, 64], "stem": "stride2", "aspp_width": 16, "skip": True}
 
 
@@ -31,3 +33,16 @@ def build_tiny_model(folder: Path, name: str = "random", seed: int = 0, backgrou
     refined["weights"] = save_stage(folder, "refined", build_refined(refined))
     write_card(folder, {"name": name, "organs": list(range(1, 14)), "coarse": coarse, "refined": refined})
     return folder
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """A private CONTRASTSEG_HOME (store, runs, cache) per test; autouse in the modules that import it."""
+    monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A tiny random model folder (see build_tiny_model)."""
+    return build_tiny_model(tmp_path / "tiny")

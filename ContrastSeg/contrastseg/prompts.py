@@ -96,8 +96,7 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     """(attention, voxels excluded by negative points) on the refined grid `grid`, (z, y, x) float32 and bool.
 
     Clicks, boxes and strokes are `hint_value` (a network trained for prompts takes them at
-    `hints.PROMPT_VALUE`, its card's `refined.prompt_value`), and so is the current segment beside them; the
-    current segment alone (a negative click on it) is a mask, 1.
+    `hints.PROMPT_VALUE`, its card's `refined.prompt_value`), and so is the current segment beside them.
     """
     shape = tuple(reversed(grid.GetSize()))
     spacing = grid.GetSpacing()
@@ -112,10 +111,8 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
         stroke = sitk.GetArrayFromImage(resample_like(sitk.Cast(prompts.scribble != 0, sitk.sitkUInt8), grid)) > 0
         hints |= ndimage.binary_dilation(stroke, iterations=STROKE_DILATION, structure=_disc())
     if current is not None and prompts.use_current:
-        attention = np.where(current, np.float32(hint_value if hints.any() else 1.0), np.float32(0.0))
-    else:
-        attention = np.zeros(shape, dtype=np.float32)
-    attention[hints] = np.float32(hint_value)
+        hints |= current
+    attention = hints.astype(np.float32) * np.float32(hint_value)
     excluded = np.zeros(shape, dtype=bool)
     for p in prompts.negative:
         excluded |= _ball(shape, _index(grid, p, "negative point"), radius, spacing)

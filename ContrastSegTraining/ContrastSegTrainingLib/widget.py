@@ -140,12 +140,12 @@ class Panel:
         self.folderTimer.start()  # restarted by every keystroke
 
     def applyDatasetFolder(self) -> None:
-        path = self.ui.datasetPathLineEdit.currentPath.strip()
-        if not path:  # an empty path would mean Slicer's working directory: keep the current folder
-            self.ui.datasetStatusLabel.setText(f"Choose a dataset folder (still using {self.logic.datasetFolder()}).")
+        path = self.ui.datasetPathLineEdit.currentPath
+        refused = self.logic.useDatasetFolder(path)
+        if refused:
+            self.ui.datasetStatusLabel.setText(refused)
             return
-        qt.QSettings().setValue(SETTINGS_KEY, path)
-        self.logic.dataset = Path(path)
+        qt.QSettings().setValue(SETTINGS_KEY, str(self.logic.datasetFolder()))
         self.fillDataset()
 
     def onExport(self, labelled: bool) -> None:
@@ -235,8 +235,9 @@ class Panel:
 
     def onCompare(self) -> None:
         old, new = self.ui.compareOldComboBox.currentData, self.ui.compareNewComboBox.currentData
-        if not old or not new or self.params.compareVolume is None:
-            self.ui.compareStatusLabel.setText("Choose a CT and two models to compare (train one first if the lists are empty).")
+        problem = self.logic.compareProblem(self.params.compareVolume, old, new)
+        if problem:
+            self.ui.compareStatusLabel.setText(problem)
             return
         with slicer.util.tryWithErrorDisplay("Compare failed."):
             self.comparison = self.logic.compare(self.params.compareVolume, old, new)
