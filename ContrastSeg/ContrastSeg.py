@@ -13,8 +13,8 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from ContrastSegLib import use_engine_home
 from ContrastSegLib.parameter import SegmentSettings
-from ContrastSegLib.process import EngineProcess
 from ContrastSegLib.segmentation import SegmentationLogic, slicer_python
+from ContrastSegLib.worker import WorkerJob
 
 from ContrastSegLib.slicer_base import (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest,
                                         ScriptedLoadableModuleWidget, parameterNodeWrapper)
@@ -114,11 +114,11 @@ class ContrastSegWidget(ScriptedLoadableModuleWidget):
 
 
 class ContrastSegLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
-    """SegmentationLogic with Slicer's module plumbing; the engine runs under PythonSlicer."""
+    """SegmentationLogic with Slicer's module plumbing; the engine's worker runs under PythonSlicer."""
 
     def __init__(self, runner=None, python=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        SegmentationLogic.__init__(self, runner=runner or EngineProcess, python=python or slicer_python())
+        SegmentationLogic.__init__(self, runner=runner or WorkerJob, python=python or slicer_python())
 
     def getParameterNode(self):
         return ContrastSegParameterNode(super().getParameterNode())
@@ -180,7 +180,7 @@ class ContrastSegTest(ScriptedLoadableModuleTest):
         before = slicer.mrmlScene.GetNumberOfNodes()
         logic = ContrastSegLogic()
         run = logic.start(volume, SegmentSettings(threads=2))
-        while logic.poll(run) and not run.stage:  # cancel as soon as the engine reports work
+        while logic.poll(run) and run.stage in ("", "read"):  # cancel as soon as the worker reports work
             time.sleep(0.05)
         logic.cancel(run)
         self.assertEqual(run.state, "cancelled")

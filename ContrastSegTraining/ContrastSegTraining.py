@@ -90,7 +90,6 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.python = python or slicer_python()
         self.runLogic = RunLogic(runner or EngineProcess, self.python)
-        self.runner = runner or EngineProcess
         self.dataset = Path(dataset) if dataset else None
 
     def getParameterNode(self):
@@ -186,7 +185,7 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
         from ContrastSegTrainingLib.compare import CompareLogic
 
         if getattr(self, "_compare", None) is None:
-            self._compare = CompareLogic(SegmentationLogic(runner=self.runner, python=self.python))
+            self._compare = CompareLogic(SegmentationLogic(python=self.python))  # in the engine worker, like Segment
         return self._compare
 
     @staticmethod

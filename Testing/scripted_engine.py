@@ -2,7 +2,7 @@
 (coarse first, refined in place or beside, cancel, unreadable results, errors) in milliseconds.
 
 The Logic takes its process runner as an argument (`SegmentationLogic(runner=...)`); `scripted_logic`
-gives it one that replays `script` instead of starting `contrastseg segment`.
+gives it one that replays `script` instead of asking the engine's worker.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ CT_SM = TS / "example_ct_sm.nii.gz"
 
 
 class ScriptedProcess:
-    """Stands in for EngineProcess: replays one scripted event per poll; copies prepared label files to the
+    """Stands in for the worker's WorkerJob: replays one scripted event per poll; copies prepared label files to the
     run's output paths when their `output` event is due, as the engine writes them before announcing them."""
 
-    def __init__(self, command, on_event, env, script, files, returncode=0):
+    def __init__(self, job, on_event, script, files, returncode=0):
         from ContrastSegLib.process import EngineEvent
 
         self.make_event = EngineEvent
-        self.command, self.on_event, self.env = command, on_event, env
-        self.paths = {"output": command[command.index("-o") + 1]}
-        if "--coarse-output" in command:
-            self.paths["coarse"] = command[command.index("--coarse-output") + 1]
+        self.job, self.on_event = job, on_event
+        self.paths = {"output": job.request["output"]}
+        if job.request.get("coarse_output"):
+            self.paths["coarse"] = job.request["coarse_output"]
         self.script, self.files, self.code = script, files, returncode
         self.i, self.cancelled, self.events = 0, False, []
 

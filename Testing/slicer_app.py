@@ -20,6 +20,7 @@ them, and keep terminology lookups out of tests (the engine's organ table carrie
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def slicer_app_context():
     try:
         yield app
     finally:
+        worker = sys.modules.get("ContrastSegLib.worker")
+        if worker is not None:  # the engine worker a test started goes with its Slicer session, as in Slicer
+            worker.shutdown_shared_worker()
         app.close()
 
 

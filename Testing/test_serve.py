@@ -3,7 +3,6 @@ progress, refine one organ, cancel, close, a malformed line, a closed CT, a work
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
@@ -14,7 +13,7 @@ import SimpleITK as sitk
 from contrastseg.dataset import NAMED_ID_MAPS
 from contrastseg.errors import ContrastSegError
 from contrastseg.io import read_image, read_labels
-from contrastseg.serve import PROTOCOL, Client
+from contrastseg.serve_client import PROTOCOL, Client
 from realdata import TS, needs_data, needs_default_model
 
 pytestmark = [needs_data, needs_default_model()]
@@ -45,7 +44,8 @@ def test_open_segment_refine_close(client, tmp_path):
     events = []
     seg = client.request("segment", ct=opened["ct"], output=str(tmp_path / "seg.nii.gz"), on_event=events.append)
     assert seg["ok"], seg
-    assert events and all(e["event"] == "progress" for e in events) and {e["stage"] for e in events} >= {"coarse", "refine"}
+    assert events and {e["event"] for e in events} == {"progress", "output"}
+    assert {e["stage"] for e in events if e["event"] == "progress"} >= {"coarse", "refine", "write"}
     first = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
     assert (first == 6).sum() > 1000  # the liver
     fixed = client.request("refine", ct=opened["ct"], organ="right_kidney", points_ras=[_kidney_point_ras()],
@@ -62,36 +62,73 @@ def test_open_segment_refine_close(client, tmp_path):
 
 
 def test_malformed_lines_and_unknown_ops_get_an_error_and_the_worker_goes_on(client):
-    client.proc.stdin.write("{not json\n")
-    client.proc.stdin.flush()
-    bad = json.loads(client.proc.stdout.readline())
+    client.send_line("{not json")
+    bad = client.answer(None, timeout=60)
     assert bad["id"] is None and bad["ok"] is False and "not a JSON request" in bad["error"]
     assert "unknown op" in client.request("segmentt")["error"]
     assert "open needs 'ct'" in client.request("open")["error"]
     assert client.request("open", ct=str(CT))["ok"]
 
 
-def test_cancel_stops_the_running_request(client):
+def _first_message(client, rid, timeout=120):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = client.take(rid)
+        if got:
+            return got[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no message for request {rid}")
+
+
+def test_cancel_stops_the_running_request_and_one_still_waiting(client, tmp_path):
     ct = client.request("open", ct=str(TS / "example_ct.nii.gz"))["ct"]
-    rid = client.send("segment", ct=ct)
-    first = json.loads(client.proc.stdout.readline())
+    rid = client.send("segment", ct=ct, coarse_output=str(tmp_path / "coarse.nii.gz"), output=str(tmp_path / "seg.nii.gz"))
+    waiting = client.send("segment", ct=ct, output=str(tmp_path / "second.nii.gz"))  # queued behind the first
+    first = _first_message(client, rid)
     assert first["id"] == rid and first["event"] == "progress"
-    cancel_id = client.send("cancel", target=rid)
-    answers = {}
-    while rid not in answers or cancel_id not in answers:
-        msg = json.loads(client.proc.stdout.readline())
-        if "ok" in msg:
-            answers[msg["id"]] = msg
-    assert answers[cancel_id]["ok"] and answers[rid]["cancelled"] is True
-    assert client.request("segment", ct=ct, coarse_only=True)["ok"]  # the CT stays open after a cancel
+    cancels = [client.send("cancel", target=t) for t in (rid, waiting)]
+    assert all(client.answer(c, timeout=60)["ok"] for c in cancels)
+    assert client.answer(rid, timeout=300)["cancelled"] is True
+    assert client.answer(waiting, timeout=60)["cancelled"] is True
+    assert not any(tmp_path.glob("*.nii.gz"))  # a cancelled request writes no file
+    assert "is not running" in client.request("cancel", target=rid)["error"]
+    assert not client.busy
+    done = client.request("segment", ct=ct, coarse_only=True)  # the CT stays open after a cancel
+    assert done["ok"] and done["organs"]
+
+
+def test_open_under_a_key_and_segment_without_waiting_for_it(client, tmp_path):
+    """What the Slicer module does: open and segment sent together; events name the files as they are ready."""
+    opened = client.send("open", ct=str(CT), key="vtkMRMLScalarVolumeNode1")
+    rid = client.send("segment", ct="vtkMRMLScalarVolumeNode1", output=str(tmp_path / "seg.nii"),
+                      coarse_output=str(tmp_path / "coarse.nii"), organs=["liver", "spleen"])
+    assert client.answer(opened)["ct"] == "vtkMRMLScalarVolumeNode1"
+    events = []
+    answer = client.answer(rid, on_event=events.append)
+    assert answer["ok"] and answer["organs"] == [1, 6], answer
+    outputs = [(e["kind"], e["path"]) for e in events if e["event"] == "output"]
+    assert outputs == [("coarse", str(tmp_path / "coarse.nii")), ("refined", str(tmp_path / "seg.nii"))]
+    stages = [e["stage"] for e in events if e["event"] == "progress"]
+    assert stages.index("coarse") < stages.index("refine") < stages.index("write")
+    assert [e["fraction"] for e in events if e["event"] == "progress"] == sorted(e["fraction"] for e in events if e["event"] == "progress")
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii")))
+    assert set(np.unique(seg)) <= {0, 1, 6} and (seg == 6).sum() > 1000
+    # the key in use: opening again replaces the CT, and the last segmentation with it
+    assert client.request("open", ct=str(CT), key="vtkMRMLScalarVolumeNode1")["ok"]
+    gone = client.request("refine", ct="vtkMRMLScalarVolumeNode1", organ="liver", points_ras=[_kidney_point_ras()])
+    assert not gone["ok"] and "earlier segment" in gone["error"]
 
 
 def test_a_worker_killed_mid_request_is_a_clear_error_and_restarts(client):
     ct = client.request("open", ct=str(TS / "example_ct.nii.gz"))["ct"]
     rid = client.send("segment", ct=ct)
-    assert json.loads(client.proc.stdout.readline())["id"] == rid  # it is working
+    assert _first_message(client, rid)["id"] == rid  # it is working
     os.kill(client.proc.pid, signal.SIGKILL)  # a crash in torch
     with pytest.raises(ContrastSegError, match=r"worker stopped while answering request \d+ \(exit code -9\); restart it"):
         client.answer(rid)
+    with pytest.raises(ContrastSegError, match="worker stopped"):
+        client.take(rid)
     client.restart()
     assert client.request("open", ct=str(CT))["ok"]

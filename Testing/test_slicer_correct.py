@@ -77,3 +77,32 @@ def test_markups_points_update_one_segment_and_record_the_edit(slicer_app, logic
     record = ContrastSegTrainingLogic(dataset=tmp_path / "ds").exportCase(volume, segmentation).record
     assert record["provenance"]["prompted_edits"] == [change]
     assert record["provenance"]["edited"]["right_kidney"]["added"] == int(found.sum())
+
+
+def test_the_correction_uses_the_worker_segment_used_and_the_ct_it_opened(slicer_app, logic):  # noqa: F811
+    from ContrastSegLib.parameter import COARSE_ONLY, SegmentSettings
+    from ContrastSegLib.segmentation import SegmentationLogic
+
+    volume = slicer_app.load_volume(TS / "example_ct_sm.nii.gz", "ct")
+    seg_logic = SegmentationLogic(python=sys.executable)
+    settings = SegmentSettings(device="CPU", threads=2, quality=COARSE_ONLY, show3D=False)
+    running = seg_logic.start(volume, settings)
+    points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive")
+    import vtk
+
+    points.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0))
+    logic.device, logic.threads = "cpu", 2  # what the panel takes from the Segment settings
+    with pytest.raises(ContrastSegError, match="still segmenting"):  # one request at a time, and no freeze
+        logic.refine(volume, nodes.load_labels(TS / "example_seg.nii.gz", volume, [1], name="x"), "liver", positive=points)
+    run = seg_logic.wait(running, timeout=300)
+    assert run.state == "done", run.error
+    worker = logic.worker()
+    sent = worker.client.next_id
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    labels = nodes.labelmap_array(run.result_node, volume)
+    z, y, x = np.argwhere(labels == 6).mean(0).round().astype(int)
+    points.SetNthControlPointPosition(0, *m.MultiplyPoint([float(x), float(y), float(z), 1.0])[:3])
+    change = logic.refine(volume, run.result_node, "liver", positive=points)
+    assert worker.client.next_id == sent + 1  # only the refine: the CT was still open from Segment
+    assert change["organ"] == "liver" and (nodes.labelmap_array(run.result_node, volume) == 6).sum() > 1000

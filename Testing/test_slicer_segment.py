@@ -30,7 +30,7 @@ MODULE_DIR = REPO / "ContrastSeg"
 sys.path.insert(0, str(MODULE_DIR))  # as Slicer does for a module folder: ContrastSeg.py and ContrastSegLib
 
 from ContrastSegLib import install  # noqa: E402
-from ContrastSegLib.parameter import COARSE_ONLY, SegmentSettings, segment_arguments  # noqa: E402
+from ContrastSegLib.parameter import COARSE_ONLY, SegmentSettings, segment_request  # noqa: E402
 
 from contrastseg.organs import ORGANS  # noqa: E402
 
@@ -142,18 +142,26 @@ def test_parameter_bindings_fit_parameterNodeWrapper_connectors():
     assert widgets["inputVolumeSelector"] == "qMRMLNodeComboBox"
 
 
-def test_segment_arguments():
-    out, coarse, ct = Path("/w/seg.nii.gz"), Path("/w/coarse.nii.gz"), Path("/w/input.nrrd")
-    args = segment_arguments(SegmentSettings(), ct, out, coarse)
-    assert args[:4] == ["segment", str(ct), "-o", str(out)]
-    assert args[args.index("--coarse-output") + 1] == str(coarse)
-    assert args[args.index("--progress") + 1] == "json" and args[args.index("--device") + 1] == "auto"
-    assert "--model" not in args and "--organs" not in args and "--coarse-only" not in args and "--threads" not in args
-    args = segment_arguments(SegmentSettings(model="mine", device="GPU", quality=COARSE_ONLY, organs="liver,spleen", threads=2),
-                             ct, out, coarse)
-    assert "--coarse-only" in args and "--coarse-output" not in args
-    assert args[args.index("--device") + 1] == "cuda" and args[args.index("--model") + 1] == "mine"
-    assert args[args.index("--organs") + 1] == "liver,spleen" and args[args.index("--threads") + 1] == "2"
+def test_segment_request():
+    out, coarse = Path("/w/seg.nii.gz"), Path("/w/coarse.nii.gz")
+    assert segment_request(SegmentSettings(), out, coarse) == {"output": str(out), "coarse_output": str(coarse),
+                                                               "coarse_only": False}
+    request = segment_request(SegmentSettings(model="mine", device="GPU", quality=COARSE_ONLY, organs="liver, spleen",
+                                              threads=2), out, coarse)
+    assert request == {"output": str(out), "coarse_only": True, "organs": ["liver", "spleen"]}
+
+
+def test_the_job_carries_model_device_and_threads_to_the_worker(slicer_app, label_files):  # noqa: F811
+    volume = slicer_app.load_volume(CT_SM, "ct")
+    logic = scripted_logic(REFINED_SCRIPT, label_files)
+    run = logic.start(volume, SegmentSettings(model="mine", device="GPU", threads=3))
+    job = run.process.job
+    assert (job.model, job.device, job.threads, job.volume_node) == ("mine", "cuda", 3, volume)
+    assert job.env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO / "ContrastSeg")
+    logic.cancel(run)
+    run = logic.start(volume, SegmentSettings())
+    assert (run.process.job.model, run.process.job.device, run.process.job.threads) == (None, "auto", 0)
+    logic.cancel(run)
 
 
 def test_install_requirements_follow_pyproject():
@@ -299,20 +307,20 @@ def itk_geometry(image):
 
 @needs_data
 @needs_default_model()
-def test_real_engine_through_the_runner_gives_named_organs_on_the_ct(slicer_app, engine_home, tmp_path):
+def test_real_engine_through_the_worker_gives_named_organs_on_the_ct(slicer_app, engine_home, tmp_path):
     from ContrastSegLib import nodes
     from ContrastSegLib.segmentation import SegmentationLogic
 
     volume = slicer_app.load_volume(CT_SM, "example_ct_sm")
     seen = []
-    logic = SegmentationLogic()  # the module's runner: EngineProcess, `python -m contrastseg.cli` here
+    logic = SegmentationLogic()  # the module's runner: the shared worker, `python -m contrastseg.cli serve` here
     start = time.monotonic()
     run = logic.start(volume, SegmentSettings(device="CPU", threads=THREADS), work_dir=tmp_path / "run",
                       on_update=lambda r: seen.append((r.stage, r.fraction, r.eta, r.coarse_node is not None, r.result_node is not None)))
     logic.wait(run, timeout=900, interval=0.05)
     wall = time.monotonic() - start
     assert run.state == "done", run.error
-    print(f"\nreal segmentation of {CT_SM.name} through the runner: {wall:.1f} s wall; engine timings {run.timings}")
+    print(f"\nreal segmentation of {CT_SM.name} through the worker: {wall:.1f} s wall; engine timings {run.timings}")
 
     # progress: stages in order, fractions never going back, an ETA, and the coarse map in the scene first
     stages = [s[0] for s in seen if s[0]]
@@ -358,7 +366,7 @@ def test_real_engine_through_the_runner_gives_named_organs_on_the_ct(slicer_app,
 
 @needs_data
 @needs_default_model()
-def test_real_cancel_mid_run_kills_the_engine_and_leaves_no_half_loaded_node(slicer_app, engine_home):
+def test_real_cancel_mid_run_stops_the_request_and_leaves_no_half_loaded_node(slicer_app, engine_home):
     from ContrastSegLib.segmentation import SegmentationLogic
 
     volume = slicer_app.load_volume(CT_SM, "example_ct_sm")
@@ -366,16 +374,42 @@ def test_real_cancel_mid_run_kills_the_engine_and_leaves_no_half_loaded_node(sli
     logic = SegmentationLogic()
     run = logic.start(volume, SegmentSettings(device="CPU", threads=THREADS))
     deadline = time.monotonic() + 120
-    while logic.poll(run) and not run.stage and time.monotonic() < deadline:
-        time.sleep(0.02)  # cancel as soon as the engine reports work, before the coarse map exists
-    assert run.stage, f"the engine never reported progress: {run.error}"
-    pid = run.process.pid
+    while logic.poll(run) and run.stage in ("", "read") and time.monotonic() < deadline:
+        time.sleep(0.02)  # cancel as soon as the worker reports work, before the coarse map exists
+    assert run.stage not in ("", "read"), f"the worker never reported progress: {run.error}"
     logic.cancel(run)
     assert run.state == "cancelled" and run.coarse_node is None and run.result_node is None
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pid, 0)  # the whole process group is gone
     assert [n.GetID() for n in slicer_app.nodes()] == before
     assert not run.work_dir.exists()
+    # the worker goes on serving, with the CT still open: the next run neither restarts it nor opens the CT again
+    time.sleep(1.0)  # what the worker still sent for the cancelled request is dropped, and no file appears
+    assert not run.work_dir.exists()
+    again = logic.wait(logic.start(volume, SegmentSettings(device="CPU", threads=THREADS, quality=COARSE_ONLY)), timeout=300)
+    assert again.state == "done", again.error
+    assert again.process.pid == run.process.pid and again.process.open_id is None
+    assert {e.data.get("stage") for e in again.process.events if e.event == "progress"} >= {"preprocess", "coarse"}
+
+
+@needs_data
+@needs_default_model()
+def test_a_worker_that_dies_fails_the_run_with_why_and_the_next_run_restarts_it(slicer_app, engine_home):
+    import signal
+
+    from ContrastSegLib.segmentation import SegmentationLogic
+
+    volume = slicer_app.load_volume(CT_SM, "example_ct_sm")
+    logic = SegmentationLogic()
+    run = logic.start(volume, SegmentSettings(device="CPU", threads=THREADS))
+    deadline = time.monotonic() + 120
+    while logic.poll(run) and run.stage in ("", "read") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(run.process.pid, signal.SIGKILL)  # a crash in torch
+    logic.wait(run, timeout=60)
+    assert run.state == "failed" and run.result_node is None
+    assert "worker stopped" in run.error and "exit code -9" in run.error and "starts again" in run.error, run.error
+    again = logic.wait(logic.start(volume, SegmentSettings(device="CPU", threads=THREADS, quality=COARSE_ONLY)), timeout=300)
+    assert again.state == "done", again.error
+    assert again.process.pid != run.process.pid and again.result_node is not None
 
 
 @needs_data

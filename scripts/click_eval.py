@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     from contrastseg.io import read_image
     from contrastseg.organs import BY_ID, parse_organs
-    from contrastseg.serve import Client
+    from contrastseg.serve_client import Client
 
     wanted = set(parse_organs(args.organs)) if args.organs else None
     work = Path(tempfile.mkdtemp(prefix="click-eval-"))

@@ -1,9 +1,9 @@
 """Prompted correction in Slicer (issue 9): Markups points on the CT -> the warm engine worker -> one segment.
 
-The Logic behind the Correct section: it writes the CT once per volume and the current segmentation as a
-label map, asks the worker (`contrastseg serve --stdio`, one per Slicer session, started on first use and
-restarted if it died) to re-segment one organ from the points, and writes back only that organ's segment:
-every other segment keeps its voxels. Each change is recorded on the segmentation node
+The Logic behind the Correct section: it writes the current segmentation as a label map, asks the session's
+worker (worker.shared_worker: `contrastseg serve --stdio`, shared with Segment, so a CT just segmented is
+already open there; started on first use and restarted if it died) to re-segment one organ from the points,
+and writes back only that organ's segment: every other segment keeps its voxels. Each change is recorded on the segmentation node
 (`ContrastSeg.Edits`, a JSON list), which the training module's export stores as provenance.
 """
 
@@ -49,44 +49,24 @@ def edits(segmentation_node) -> list[dict]:
 
 
 class CorrectionLogic:
-    """Re-segments one organ of a Segmentation node from points; `client` is a contrastseg.serve.Client."""
+    """Re-segments one organ of a Segmentation node from points, in the session's worker."""
 
-    def __init__(self, client=None, python: str | None = None, env: dict | None = None):
-        """`env`: variables for the worker on top of this process's environment (the engine's PYTHONPATH)."""
-        self.python, self.env = python, dict(os.environ, **(env or {}))
-        self.client = client
+    def __init__(self, python: str | None = None, device: str = "auto", threads: int = 0):
+        """`device` and `threads` as the Segment settings give them, so both use the same worker."""
+        from .segmentation import slicer_python
+
+        self.python, self.device, self.threads = python or slicer_python(), device, threads
         self.work = Path(tempfile.mkdtemp(prefix="ContrastSegCorrect-"))
-        self.opened: dict[str, tuple[str, int]] = {}  # volume node ID -> (worker's CT key, volume MTime)
 
     def worker(self):
-        from contrastseg.serve import Client
+        from .segmentation import SegmentationLogic
+        from .worker import shared_worker
 
-        from .process import engine_command
-
-        if self.client is None:
-            self.client = Client(engine_command("serve", "--stdio", python=self.python), env=self.env).start()
-        elif self.client.proc is None or self.client.proc.poll() is not None:
-            self.client.restart()  # it died: a fresh one, and every CT must be opened again
-            self.opened.clear()
-        return self.client
-
-    def _ct(self, volume_node, model: str | None) -> str:
-        key = volume_node.GetID()
-        mtime = volume_node.GetMTime()
-        if key in self.opened and self.opened[key][1] == mtime:
-            return self.opened[key][0]
-        path = nodes.write_volume(volume_node, self.work / f"{key}.nrrd")
-        answer = self.worker().request("open", ct=str(path), model=model or None)
-        if not answer["ok"]:
-            raise ContrastSegError(answer["error"])
-        self.opened[key] = (answer["ct"], mtime)
-        return answer["ct"]
+        return shared_worker(self.python, dict(os.environ, **SegmentationLogic.engine_env()), self.device, self.threads)
 
     def refine(self, volume_node, segmentation_node, organ: str, positive=None, negative=None,
                box_ras: list[float] | None = None, model: str | None = None) -> dict:
         """Re-segment `organ` from the points of the Markups nodes `positive` / `negative`; returns the change."""
-        from contrastseg.serve import Client  # noqa: F401  (import errors surface here, not in the worker)
-
         if volume_node is None or segmentation_node is None:
             raise ContrastSegError("choose the CT and its segmentation first")
         try:
@@ -96,18 +76,22 @@ class CorrectionLogic:
         pos, neg = markups_points_ras(positive), markups_points_ras(negative)
         if not pos and not neg and not box_ras:
             raise ContrastSegError("place at least one point (or a box) on the organ first")
+        worker = self.worker()
+        if worker.client is not None and worker.client.busy:
+            raise ContrastSegError("the engine is still segmenting; wait for it to finish (or cancel it), then click again")
         try:
-            ct = self._ct(volume_node, model)
+            ct = worker.open(volume_node, model)
             # uncompressed: these two files are written and read at every click (gzip of a 512x512 CT's labels
             # took about a second each way)
             current = self.work / "current.nii"
             before = nodes.labelmap_array(segmentation_node, volume_node)
-            nodes.write_labels_like(before, self.work / f"{volume_node.GetID()}.nrrd", current)
+            nodes.write_labels_like(before, volume_node, current)
             output = self.work / "refined.nii"
-            answer = self.worker().request("refine", ct=ct, organ=BY_ID[organ_id].key, labels=str(current),
+            answer = worker.client.request("refine", ct=ct, organ=BY_ID[organ_id].key, labels=str(current),
                                            output=str(output), points_ras=pos, neg_points_ras=neg, box_ras=box_ras)
-        except ContrastSegError:
-            self.opened.clear()  # the worker may have died with the CT: open it again next time
+        except ContrastSegError as err:
+            if worker.client is None or not worker.client.alive():
+                raise ContrastSegError(worker.died(str(err))) from None
             raise
         if not answer["ok"]:
             raise ContrastSegError(answer["error"])
@@ -132,12 +116,7 @@ class CorrectionLogic:
         slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), segmentation_node, organ.key, volume_node)
 
     def cleanup(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.request("shutdown")
-            except ContrastSegError:
-                pass
-            self.client.stop()
+        """Remove this Logic's files; the worker is the session's (worker.shutdown_shared_worker stops it)."""
         shutil.rmtree(self.work, ignore_errors=True)
 
 

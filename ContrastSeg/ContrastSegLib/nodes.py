@@ -201,17 +201,35 @@ def labelmap_array(segmentation_node, reference_volume_node):
         remove_node(colors)
 
 
-def write_labels_like(array, image_path: Path, path: Path) -> Path:
-    """A label array (k, j, i) from `labelmap_array` as a file with the exact geometry of the CT written at
-    `image_path` (by `write_volume`), so the engine reads it on that CT's grid."""
+def write_labels_like(array, like, path: Path) -> Path:
+    """A label array (k, j, i) from `labelmap_array` as a file with the exact geometry of `like`: the CT
+    written by `write_volume` (a path), or the volume node itself, so the engine reads it on that CT's grid."""
     import SimpleITK as sitk
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(image_path))
-    reader.ReadImageInformation()
+    spacing, origin, direction = _lps_geometry(like)
     labels = sitk.GetImageFromArray(array.astype("uint8"))
-    labels.SetSpacing(reader.GetSpacing())
-    labels.SetOrigin(reader.GetOrigin())
-    labels.SetDirection(reader.GetDirection())
-    sitk.WriteImage(labels, str(path), useCompression=True)
+    labels.SetSpacing(spacing)
+    labels.SetOrigin(origin)
+    labels.SetDirection(direction)
+    sitk.WriteImage(labels, str(path), useCompression=str(path).endswith(".gz") or str(path).endswith(".nrrd"))
     return path
+
+
+def _lps_geometry(like) -> tuple:
+    """(spacing, origin, direction) in ITK's LPS convention, of an image file or of a volume node (whose
+    IJK-to-RAS matrix is the same grid in RAS: x and y change sign)."""
+    if isinstance(like, (str, Path)):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(like))
+        reader.ReadImageInformation()
+        return reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+    import vtk
+
+    directions = vtk.vtkMatrix4x4()
+    like.GetIJKToRASDirectionMatrix(directions)
+    flip = (-1.0, -1.0, 1.0)
+    direction = tuple(flip[r] * directions.GetElement(r, c) for r in range(3) for c in range(3))
+    origin = tuple(f * v for f, v in zip(flip, like.GetOrigin()))
+    return tuple(like.GetSpacing()), origin, direction

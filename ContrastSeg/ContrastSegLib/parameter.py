@@ -1,4 +1,4 @@
-"""What the user chose in the module panel, and the engine command line it becomes.
+"""What the user chose in the module panel, and the engine request it becomes.
 
 `SegmentSettings` is a Slicer `parameterPack`, so the typed parameter node (`ContrastSegParameterNode` in
 ContrastSeg.py) stores it in the scene and binds it to the widgets. Outside the Slicer application
@@ -73,21 +73,16 @@ def engine_device(settings: SegmentSettings) -> str:
     return DEVICES.get(settings.device, settings.device if settings.device in DEVICES.values() else "auto")
 
 
-def segment_arguments(settings: SegmentSettings, input_path: Path, output: Path, coarse_output: Path | None) -> list[str]:
-    """`contrastseg segment` arguments (without the program) for `settings`.
+def segment_request(settings: SegmentSettings, output: Path, coarse_output: Path | None) -> dict:
+    """The worker's `segment` fields (contrastseg.serve) for `settings`; the device and thread count belong to
+    the worker process (worker.EngineWorker), the model to the open CT.
 
-    Coarse-only runs get no --coarse-output: their one output *is* the coarse map, and a second copy would
+    Coarse-only runs get no coarse_output: their one output *is* the coarse map, and a second copy would
     only make the module load the same labels twice.
     """
-    args = ["segment", str(input_path), "-o", str(output), "--progress", "json", "--device", engine_device(settings)]
-    if coarse_only(settings):
-        args.append("--coarse-only")
-    elif coarse_output is not None:
-        args += ["--coarse-output", str(coarse_output)]
+    request = {"output": str(output), "coarse_only": coarse_only(settings)}
+    if not coarse_only(settings) and coarse_output is not None:
+        request["coarse_output"] = str(coarse_output)
     if settings.organs.strip():
-        args += ["--organs", settings.organs.strip()]
-    if settings.model.strip():
-        args += ["--model", settings.model.strip()]
-    if settings.threads and settings.threads > 0:
-        args += ["--threads", str(int(settings.threads))]
-    return args
+        request["organs"] = [o.strip() for o in settings.organs.split(",") if o.strip()]
+    return request

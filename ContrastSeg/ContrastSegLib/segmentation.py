@@ -1,16 +1,18 @@
-"""The segmentation Logic: volume node in, engine in a background process, Segmentation node(s) out.
+"""The segmentation Logic: volume node in, the engine's warm worker in its own process, Segmentation node(s) out.
 
 No Qt, no `slicer.app`: the widget calls `poll()` from a QTimer, tests and the self-test call `wait()`,
-and both run against real MRML (slicer-core in CI). The process runner is injected (`runner`, default
-`EngineProcess`), so a test can replay a recorded event stream instead of starting the engine.
+and both run against real MRML (slicer-core in CI). The runner is injected (`runner`, default
+worker.WorkerJob: the session's shared `contrastseg serve` process), so a test can replay a recorded event
+stream instead of starting the engine.
 
-Life of a run: the CT is written to a temporary NRRD; `contrastseg segment ... --progress json` starts; its
-progress lines update `run.stage / fraction / eta`; the `output` event of the coarse map loads it at once
-as a Segmentation node; the final map either replaces that node's segments in place or, with
-`keepCoarse`, becomes a second node beside it. An engine error (`error` event, exit code 2) ends the run
-with `run.error` set to the engine's sentence. `cancel()` kills the whole process tree and removes the
-run's files. A result is loaded within one poll and a failed load removes its node, so whatever a run
-leaves in the scene is complete (e.g. the coarse map shown before a cancel): never a half-loaded node.
+Life of a run: the worker opens the CT (written once per volume, kept open for the next Segment and for the
+click correction) and segments it; its progress updates `run.stage / fraction / eta`; the `output` event of
+the coarse map loads it at once as a Segmentation node; the final map either replaces that node's segments
+in place or, with `keepCoarse`, becomes a second node beside it. An engine error ends the run with
+`run.error` set to the engine's sentence; a worker that died ends it with why, and the next run starts a new
+one. `cancel()` stops the request (the worker writes nothing after it) and removes the run's files. A result
+is loaded within one poll and a failed load removes its node, so whatever a run leaves in the scene is
+complete (e.g. the coarse map shown before a cancel): never a half-loaded node.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import nodes
-from .parameter import SegmentSettings, coarse_only, copy_settings, segment_arguments
-from .process import EngineEvent, EngineProcess, engine_command
+from .parameter import SegmentSettings, coarse_only, copy_settings, engine_device, segment_request
+from .process import EngineEvent
+from .worker import SegmentJob, WorkerJob
 
 # The folder holding the `contrastseg` package: the module folder in a source checkout and in an installed
-# extension alike (CMake installs the engine beside the module). The engine process gets it on PYTHONPATH.
+# extension alike (CMake installs the engine beside the module). The engine's process gets it on PYTHONPATH.
 ENGINE_DIR = Path(__file__).resolve().parents[1]
 
 STAGE_NAMES = {"read": "reading the CT", "preprocess": "preparing", "coarse": "coarse segmentation",
@@ -51,7 +54,6 @@ class SegmentationRun:
     work_dir: Path
     owns_work_dir: bool
     organs: list[int]
-    input_path: Path = None
     output_path: Path = None
     coarse_path: Path = None
     process: Any = None
@@ -100,18 +102,18 @@ class SegmentationRun:
 
 
 class SegmentationLogic:
-    """Runs `contrastseg segment` on a volume node and loads its coarse and final results as Segmentations."""
+    """Segments a volume node in the engine's worker and loads its coarse and final results as Segmentations."""
 
-    def __init__(self, runner: Callable[..., Any] = EngineProcess, python: str | None = None):
+    def __init__(self, runner: Callable[..., Any] = WorkerJob, python: str | None = None):
         self.runner = runner
         self.python = python
 
     # ---------------------------------------------------------------- starting
     def start(self, volume_node, settings: SegmentSettings | None = None, on_update=None, work_dir: Path | None = None) -> SegmentationRun:
-        """Write the volume, start the engine and return the run (poll it, or wait for it).
+        """Start the segmentation in the engine's worker and return the run (poll it, or wait for it).
 
-        `work_dir` keeps the engine's files (input, outputs with their JSON organ tables) there; without it
-        they go to a temporary folder that is deleted when the run ends.
+        `work_dir` keeps the engine's files (outputs with their JSON organ tables) there; without it they go
+        to a temporary folder that is deleted when the run ends.
         """
         settings = copy_settings(settings or SegmentSettings())
         if volume_node is None:
@@ -122,12 +124,13 @@ class SegmentationLogic:
         work.mkdir(parents=True, exist_ok=True)
         run = SegmentationRun(volume_node, settings, work, owns, organs=organs, on_update=on_update)
         try:
-            run.input_path = nodes.write_volume(volume_node, work / "input.nrrd")
             run.output_path = work / "segmentation.nii.gz"
             run.coarse_path = None if coarse_only(settings) else work / "coarse.nii.gz"
-            command = engine_command(*segment_arguments(settings, run.input_path, run.output_path, run.coarse_path),
-                                     python=self.python or slicer_python())
-            run.process = self.runner(command=command, on_event=lambda event: self._on_event(run, event), env=self.engine_env())
+            job = SegmentJob(volume_node, segment_request(settings, run.output_path, run.coarse_path),
+                             model=settings.model.strip() or None, device=engine_device(settings),
+                             threads=int(settings.threads or 0), python=self.python or slicer_python(),
+                             env=dict(os.environ, **self.engine_env()))
+            run.process = self.runner(job=job, on_event=lambda event: self._on_event(run, event))
             run.process.start()
         except Exception:
             self._cleanup(run)
@@ -138,7 +141,7 @@ class SegmentationLogic:
 
     @staticmethod
     def engine_env() -> dict:
-        """Environment of the engine process: the bundled engine first on PYTHONPATH."""
+        """What the engine's process needs on top of Slicer's environment: the bundled engine first on PYTHONPATH."""
         path = os.environ.get("PYTHONPATH", "")
         return {"PYTHONPATH": str(ENGINE_DIR) + (os.pathsep + path if path else "")}
 
@@ -185,7 +188,7 @@ class SegmentationLogic:
         return run
 
     def cancel(self, run: SegmentationRun) -> None:
-        """Kill the engine's process tree and remove its files.
+        """Stop the engine's work on this run and remove its files.
 
         Results are loaded in one step between polls, so a result that is in the scene is complete: a
         coarse map shown before the cancel stays (it is useful); nothing half-loaded can exist.

@@ -49,7 +49,7 @@ class Panel:
         self.ui.refreshModelsButton.clicked.connect(self.fillModels)
         self.ui.openEditorButton.clicked.connect(self.onOpenSegmentEditor)
         self.ui.openEditorButton.setEnabled(False)
-        self.correction = None  # CorrectionLogic (the warm worker), made at the first click correction
+        self.correction = None  # CorrectionLogic, made at the first click correction
         self._shortcuts = []
         for organ in ORGANS:
             self.ui.clickOrganComboBox.addItem(organ.name, organ.key)
@@ -88,7 +88,10 @@ class Panel:
         if self._effectFactory is not None:
             self._effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
         if self.correction is not None:
-            self.correction.cleanup()  # stops the warm worker
+            self.correction.cleanup()
+        from .worker import shutdown_shared_worker
+
+        shutdown_shared_worker()  # the engine worker Segment and the click correction share
 
     # ------------------------------------------------------------------ inputs
     def fillModels(self) -> None:
@@ -345,6 +348,7 @@ class Panel:
 
     def onClickApply(self) -> None:
         from .correct import CorrectionLogic
+        from .parameter import engine_device
 
         volume = self.params.inputVolume if self.params is not None else None
         segmentation = self.ui.segmentEditorWidget.segmentationNode()
@@ -353,9 +357,9 @@ class Panel:
             self.ui.clickStatusLabel.setText("Segment the CT first: the points correct its segmentation.")
             return
         if self.correction is None:
-            from .segmentation import slicer_python
-
-            self.correction = CorrectionLogic(python=self.logic.python or slicer_python(), env=self.logic.engine_env())
+            self.correction = CorrectionLogic(python=self.logic.python)
+        settings = self.params.settings  # the worker Segment used: the CT it segmented is still open there
+        self.correction.device, self.correction.threads = engine_device(settings), int(settings.threads or 0)
         self.ui.segmentEditorWidget.saveStateForUndo()  # Undo in the Segment Editor takes the change back
         organ = self.ui.clickOrganComboBox.currentData
         with slicer.util.tryWithErrorDisplay("Could not update the organ.", waitCursor=True):

@@ -5,8 +5,9 @@ Protocol `contrastseg-serve/1` (README "The warm worker"). On start the worker s
 `{"event": "ready", "protocol": "contrastseg-serve/1", "version": ...}`. Every request is one JSON object
 with an `id` (any JSON value, echoed back) and an `op`:
 
-    {"id": 1, "op": "open", "ct": PATH, "model": NAME|null}                 -> {"id": 1, "ok": true, "ct": "ct1", ...}
-    {"id": 2, "op": "segment", "ct": "ct1", "output": PATH, "organs": [..]}  -> progress events, then the result
+    {"id": 1, "op": "open", "ct": PATH, "model": NAME|null, "key": K|null}   -> {"id": 1, "ok": true, "ct": "ct1", ...}
+    {"id": 2, "op": "segment", "ct": "ct1", "output": PATH, "coarse_output": PATH|null, "organs": [..],
+     "coarse_only": false}                                       -> progress and output events, then the result
     {"id": 3, "op": "refine", "ct": "ct1", "organ": KEY, "labels": PATH|null (null: the last segmentation),
      "output": PATH, "points_ras": [[x, y, z], ...], "neg_points_ras": [...], "box_ras": [x0,y0,z0,x1,y1,z1]|null}
     {"id": 4, "op": "cancel", "target": 2}                                     -> the running request 2 ends "cancelled"
@@ -14,8 +15,12 @@ with an `id` (any JSON value, echoed back) and an `op`:
 
 Answers are `{"id", "ok": true, ...}` or `{"id", "ok": false, "error": "one sentence"}`; progress events are
 `{"id", "event": "progress", "stage", "fraction", ...}` as in the CLI's JSON stream. A malformed line gets an
-error with `"id": null`. Requests run one at a time in arrival order; `cancel` is read while one runs. The
-worker stays a separate process, so a crash in torch cannot take Slicer down; the client restarts it.
+error with `"id": null`. `key` names the open CT (a client that sends open and segment together, without
+waiting, needs it); opening under a key in use replaces that CT. `output` events (`{"id", "event": "output",
+"kind": "coarse"|"refined", "path"}`) say a file is complete, as in the CLI's stream. Requests run one at a time
+in arrival order; `cancel` is read while one runs and also reaches a request still waiting its turn. The worker
+stays a separate process, so a crash in torch cannot take Slicer down; the client (serve_client.Client)
+restarts it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from . import __version__
 from .errors import ContrastSegError
 from .progress import Progress
 
-PROTOCOL = "contrastseg-serve/1"
+from .serve_client import PROTOCOL  # noqa: F401  (one definition, shared with the client)
 
 
 class Cancelled(Exception):
@@ -41,16 +46,20 @@ class Cancelled(Exception):
 class RequestProgress(Progress):
     """The CLI's JSON progress, tagged with the request id; a cancel flag stops the work at the next report."""
 
-    def __init__(self, request_id, out: "Writer", cancel: threading.Event):
-        super().__init__("json", {"preprocess": 0.05, "coarse": 0.15, "refine": 0.8}, stream=None)
+    def __init__(self, request_id, out: "Writer", cancel: threading.Event, stages: dict | None = None):
+        super().__init__("json", stages or {"refine": 1.0}, stream=None)
         self.request_id, self.out, self.cancel = request_id, out, cancel
+
+    def check(self) -> None:
+        """Stop here if the client cancelled (before a file is written, so a cancelled request writes none)."""
+        if self.cancel.is_set():
+            raise Cancelled()
 
     def emit(self, record: dict) -> None:
         self.out.send({"id": self.request_id, **record})
 
     def update(self, fraction: float, message: str = "", force: bool = False, **extra) -> None:
-        if self.cancel.is_set():
-            raise Cancelled()
+        self.check()
         super().update(fraction, message, force, **extra)
 
 
@@ -119,27 +128,53 @@ class Worker:
             raise ContrastSegError("open needs 'ct': the path of a CT file or DICOM folder")
         image = read_image(req["ct"])
         model = self.model(req.get("model"))
-        self.count += 1
-        key = f"ct{self.count}"
+        if req.get("key") is not None:
+            key = str(req["key"])
+        else:
+            self.count += 1
+            key = f"ct{self.count}"
+        self.sessions.pop(key, None)  # a CT opened again under its key: the old one's memory goes first
         self.sessions[key] = Session(image, model, str(req["ct"]))
         return {"ct": key, "size": list(image.GetSize()), "spacing": [round(v, 4) for v in image.GetSpacing()],
                 "model": model.card.get("name"), "organs": model.organs}
 
     def op_segment(self, req: dict, progress: RequestProgress) -> dict:
+        """The CLI's `segment` on an open CT: the same checks, stages, outputs and their `output` events."""
+        from .ct_checks import check_memory
         from .infer import segment
         from .io import write_labels
         from .outputs import check_outputs
 
         s = self.session(req)
-        output = req.get("output")
-        if output:
-            check_outputs({"output": output}, [s.path])
+        output, coarse_output = req.get("output"), req.get("coarse_output")
+        refined = not req.get("coarse_only")
+        check_outputs({"output": output, "coarse output": coarse_output}, [s.path])
+        check_memory(s.image, s.model.card, refined=refined, source=s.path)
+        organs = req.get("organs") or None
+        if organs is not None:
+            from .organs import parse_organs
+
+            try:
+                organs = parse_organs(",".join(str(o) for o in organs))
+            except ValueError as err:
+                raise ContrastSegError(str(err)) from None
+        written_organs = organs or s.model.organs
+
+        def on_coarse(labels) -> None:
+            if coarse_output:
+                progress.check()
+                write_labels(labels, coarse_output, written_organs)
+                progress.output("coarse", coarse_output)
+
         t0 = time.perf_counter()
-        result = segment(s.image, s.model, req.get("organs") or None, refined=not req.get("coarse_only"),
-                         device=self.device, progress=progress)
+        result = segment(s.image, s.model, organs, refined=refined, device=self.device, progress=progress,
+                         on_coarse=on_coarse)
         s.labels = result.labels
         if output:
+            progress.begin("write", "writing the label map")
+            progress.check()
             write_labels(result.labels, output, result.organs)
+            progress.output("refined" if refined else "coarse", output)
         timings = {k: round(v, 3) for k, v in result.timings.items()}
         timings["total"] = round(time.perf_counter() - t0, 3)
         return {"ct": req["ct"], "output": output, "organs": result.organs, "timings": timings}
@@ -194,10 +229,13 @@ class Worker:
         if op not in handlers:
             self.out.send({"id": rid, "ok": False, "error": f"unknown op {op!r}; ops: {sorted(handlers) + ['cancel', 'shutdown']}"})
             return
-        self.cancel.clear()
-        self.running = rid
         try:
-            if op in ("segment", "refine"):
+            if op == "segment":
+                stages = {"preprocess": 0.1, "coarse": 0.25, "write": 0.05}
+                if not req.get("coarse_only"):
+                    stages["refine"] = 0.6
+                answer = handlers[op](req, RequestProgress(rid, self.out, self.cancel, stages))
+            elif op == "refine":
                 answer = handlers[op](req, RequestProgress(rid, self.out, self.cancel))
             else:
                 answer = handlers[op](req)
@@ -208,16 +246,32 @@ class Worker:
             self.out.send({"id": rid, "ok": False, "error": str(err)})
         except Exception as err:  # noqa: BLE001 - the worker survives a failed request and says what happened
             self.out.send({"id": rid, "ok": False, "error": f"internal error: {type(err).__name__}: {err}"})
-        finally:
-            self.running = None
 
 
 def serve(stdin=None, out: Writer | None = None, device: str = "auto", threads: int | None = None) -> int:
-    """Read requests until `shutdown` or end of input. A reader thread takes `cancel` while a request runs."""
+    """Read requests until `shutdown` or end of input. A reader thread takes `cancel` at once: the running
+    request stops at its next progress report, a waiting one is answered "cancelled" when its turn comes."""
     stdin = stdin or sys.stdin
     out = out or Writer()
     worker = Worker(device, threads, out)
     inbox: queue.Queue = queue.Queue()
+    lock = threading.Lock()  # guards which request runs, which wait, which were cancelled while waiting
+    waiting: set = set()
+    cancelled: set = set()
+
+    def cancel(req: dict) -> None:
+        target = req.get("target")
+        with lock:
+            if target is not None and target == worker.running:
+                worker.cancel.set()
+            elif target is not None and target in waiting:
+                cancelled.add(target)
+            else:
+                target = None
+        if target is None:
+            out.send({"id": req.get("id"), "ok": False, "error": f"request {req.get('target')!r} is not running"})
+        else:
+            out.send({"id": req.get("id"), "ok": True, "cancelling": target})
 
     def read() -> None:
         for line in stdin:
@@ -231,12 +285,10 @@ def serve(stdin=None, out: Writer | None = None, device: str = "auto", threads: 
                 out.send({"id": None, "ok": False, "error": f"not a JSON request object ({err}): {line.strip()[:80]}"})
                 continue
             if req.get("op") == "cancel":
-                if req.get("target") is not None and req.get("target") == worker.running:
-                    worker.cancel.set()
-                    out.send({"id": req.get("id"), "ok": True, "cancelling": req["target"]})
-                else:
-                    out.send({"id": req.get("id"), "ok": False, "error": f"request {req.get('target')!r} is not running"})
+                cancel(req)
                 continue
+            with lock:
+                waiting.add(req.get("id"))
             inbox.put(req)
             if req.get("op") == "shutdown":
                 return
@@ -246,74 +298,22 @@ def serve(stdin=None, out: Writer | None = None, device: str = "auto", threads: 
     out.send({"event": "ready", "protocol": PROTOCOL, "version": __version__, "device": str(worker.device)})
     while True:
         req = inbox.get()
+        rid = req.get("id")
+        with lock:
+            waiting.discard(rid)
+            skip = rid in cancelled
+            cancelled.discard(rid)
+            if not skip:
+                worker.cancel.clear()
+                worker.running = rid
+        if skip:
+            out.send({"id": rid, "ok": False, "cancelled": True, "error": "cancelled"})
+            continue
         if req.get("op") == "shutdown":
-            out.send({"id": req.get("id"), "ok": True, "shutdown": True})
+            out.send({"id": rid, "ok": True, "shutdown": True})
             return 0
-        worker.handle(req)
-
-
-class Client:
-    """Talks to a worker process (`contrastseg serve --stdio`): what the Slicer module and tests use.
-
-    `request(op, **fields)` sends one request and returns its answer; progress events go to `on_event`. A worker
-    that dies mid-request raises ContrastSegError with its exit code; `restart()` starts a fresh one (the open
-    CTs are gone with the old process and must be opened again).
-    """
-
-    def __init__(self, command: list[str] | None = None, env: dict | None = None):
-        self.command = command or [sys.executable, "-m", "contrastseg.cli", "serve", "--stdio"]
-        self.env = env
-        self.proc = None
-        self.next_id = 0
-        self.ready: dict | None = None
-
-    def start(self) -> "Client":
-        import subprocess
-
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     bufsize=1, env=self.env)
-        self.ready = self._read()
-        if self.ready.get("protocol") != PROTOCOL:
-            raise ContrastSegError(f"the worker speaks {self.ready.get('protocol')!r}, not {PROTOCOL}")
-        return self
-
-    def restart(self) -> "Client":
-        self.stop()
-        return self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def send(self, op: str, **fields) -> int:
-        self.next_id += 1
-        line = json.dumps({"id": self.next_id, "op": op, **fields}) + "\n"
         try:
-            self.proc.stdin.write(line)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, AttributeError):
-            raise ContrastSegError(self._dead("before it got a request")) from None
-        return self.next_id
-
-    def answer(self, rid: int, on_event=None) -> dict:
-        while True:
-            msg = self._read(rid)
-            if msg.get("id") == rid and "ok" in msg:
-                return msg
-            if on_event is not None:
-                on_event(msg)
-
-    def request(self, op: str, on_event=None, **fields) -> dict:
-        return self.answer(self.send(op, **fields), on_event)
-
-    def _read(self, rid=None) -> dict:
-        line = self.proc.stdout.readline() if self.proc is not None else ""
-        if not line:
-            raise ContrastSegError(self._dead(f"while answering request {rid}" if rid is not None else "at start"))
-        return json.loads(line)
-
-    def _dead(self, when: str) -> str:
-        code = self.proc.wait() if self.proc is not None else None
-        return f"the ContrastSeg worker stopped {when} (exit code {code}); restart it and open the CT again"
+            worker.handle(req)
+        finally:
+            with lock:
+                worker.running = None

@@ -1,7 +1,7 @@
 """Compare: one CT segmented with two models (e.g. before and after a training run), shown together.
 
-Both segmentations go through the ContrastSeg module's own SegmentationLogic (the same engine command the
-user runs), one after the other so they do not fight over the CPU. The old model's result is drawn as
+Both segmentations go through the ContrastSeg module's own SegmentationLogic (the same engine worker as
+Segment), one after the other so they do not fight over the CPU. The old model's result is drawn as
 outlines and the new one filled, so both read on the same slices; `agreement()` gives per-organ Dice
 between them.
 """
