@@ -48,7 +48,8 @@ UI_CLASSES = {
     "segmentEditorWidget": "qMRMLSegmentEditorWidget", "advancedCollapsibleButton": "ctkCollapsibleButton",
     "threadsSpinBox": "QSpinBox", "requirementsLabel": "QLabel", "installButton": "QPushButton",
     "clickOrganComboBox": "QComboBox", "positivePlaceWidget": "qSlicerMarkupsPlaceWidget",
-    "negativePlaceWidget": "qSlicerMarkupsPlaceWidget", "clickApplyButton": "QPushButton", "clickStatusLabel": "QLabel",
+    "negativePlaceWidget": "qSlicerMarkupsPlaceWidget", "clickApplyButton": "QPushButton",
+    "boxPlaceWidget": "qSlicerMarkupsPlaceWidget", "paintHintButton": "QPushButton", "clickStatusLabel": "QLabel",
 }
 # parameterNodeWrapper's connectors compare the widget type exactly (guiConnectors.py).
 CONNECTOR_WIDGET = {bool: "QCheckBox", int: "QSpinBox", str: "QComboBox"}

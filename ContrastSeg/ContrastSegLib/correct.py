@@ -1,4 +1,4 @@
-"""Prompted correction in Slicer (issue 9): Markups points on the CT -> the warm engine worker -> one segment.
+"""Prompted correction in Slicer (issue 9): points, a box, a stroke on the CT -> the warm engine worker -> one segment.
 
 The Logic behind the Correct section: it writes the current segmentation as a label map, asks the session's
 worker (worker.shared_worker: `contrastseg serve --stdio`, shared with Segment, so a CT just segmented is
@@ -25,6 +25,7 @@ from contrastseg.organs import BY_ID, parse_organs
 from . import nodes
 
 EDITS_ATTRIBUTE = "ContrastSeg.Edits"
+HINT_SEGMENT = "ContrastSeg hint"  # a rough stroke, painted with the Segment Editor; used and removed by refine
 
 
 def markups_points_ras(markups_node) -> list[list[float]]:
@@ -37,6 +38,28 @@ def markups_points_ras(markups_node) -> list[list[float]]:
         markups_node.GetNthControlPointPositionWorld(i, pos)
         points.append([float(v) for v in pos])
     return points
+
+
+def roi_box_ras(roi_node) -> list[float] | None:
+    """A Markups ROI as the engine's box_ras (x0, y0, z0, x1, y1, z1 in world RAS mm; a rotated ROI gives the
+    box around it); None when there is no ROI or it has not been placed."""
+    if roi_node is None or roi_node.GetNumberOfControlPoints() == 0:
+        return None
+    bounds = [0.0] * 6
+    roi_node.GetRASBounds(bounds)
+    return [bounds[0], bounds[2], bounds[4], bounds[1], bounds[3], bounds[5]]
+
+
+def hint_segment(segmentation_node, create: bool = False) -> str | None:
+    """The ID of the segment the user paints a rough stroke into (no organ, so no export and no label map
+    takes it); made on request, in yellow."""
+    segmentation = segmentation_node.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        if segmentation.GetNthSegment(i).GetName() == HINT_SEGMENT:
+            return segmentation.GetNthSegmentID(i)
+    if not create:
+        return None
+    return segmentation.AddEmptySegment("", HINT_SEGMENT, [1.0, 0.85, 0.0])
 
 
 def edits(segmentation_node) -> list[dict]:
@@ -64,18 +87,24 @@ class CorrectionLogic:
 
         return shared_worker(self.python, dict(os.environ, **SegmentationLogic.engine_env()), self.device, self.threads)
 
-    def refine(self, volume_node, segmentation_node, organ: str, positive=None, negative=None,
-               box_ras: list[float] | None = None, model: str | None = None) -> dict:
-        """Re-segment `organ` from the points of the Markups nodes `positive` / `negative`; returns the change."""
+    def refine(self, volume_node, segmentation_node, organ: str, positive=None, negative=None, box=None,
+               model: str | None = None) -> dict:
+        """Re-segment `organ` from its hints; returns the change. The hints: the points of the Markups nodes
+        `positive` / `negative`, the Markups ROI `box`, and a stroke painted into the hint segment (which is
+        removed once used, so the next correction starts clean)."""
         if volume_node is None or segmentation_node is None:
             raise ContrastSegError("choose the CT and its segmentation first")
         try:
             (organ_id,) = parse_organs(organ)
         except ValueError as err:
             raise ContrastSegError(str(err)) from None
-        pos, neg = markups_points_ras(positive), markups_points_ras(negative)
-        if not pos and not neg and not box_ras:
-            raise ContrastSegError("place at least one point (or a box) on the organ first")
+        pos, neg, box_ras = markups_points_ras(positive), markups_points_ras(negative), roi_box_ras(box)
+        hint = hint_segment(segmentation_node)
+        stroke = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, hint, volume_node) if hint else None
+        if stroke is not None and not stroke.any():
+            stroke = None
+        if not pos and not neg and not box_ras and stroke is None:
+            raise ContrastSegError("place at least one point, a box or a stroke on the organ first")
         worker = self.worker()
         if worker.client is not None and worker.client.busy:
             raise ContrastSegError("the engine is still segmenting; wait for it to finish (or cancel it), then click again")
@@ -86,9 +115,13 @@ class CorrectionLogic:
             current = self.work / "current.nii"
             before = nodes.labelmap_array(segmentation_node, volume_node)
             nodes.write_labels_like(before, volume_node, current)
+            scribble = None
+            if stroke is not None:
+                scribble = nodes.write_labels_like(stroke > 0, volume_node, self.work / "stroke.nii")
             output = self.work / "refined.nii"
             answer = worker.client.request("refine", ct=ct, organ=BY_ID[organ_id].key, labels=str(current),
-                                           output=str(output), points_ras=pos, neg_points_ras=neg, box_ras=box_ras)
+                                           output=str(output), points_ras=pos, neg_points_ras=neg, box_ras=box_ras,
+                                           scribble=str(scribble) if scribble else None)
         except ContrastSegError as err:
             if worker.client is None or not worker.client.alive():
                 raise ContrastSegError(worker.died(str(err))) from None
@@ -97,8 +130,10 @@ class CorrectionLogic:
             raise ContrastSegError(answer["error"])
         after = _read_array(output)
         self._update_segment(segmentation_node, volume_node, organ_id, after == organ_id)
+        if hint is not None:
+            segmentation_node.GetSegmentation().RemoveSegment(hint)
         change = dict(answer["change"], positive=len(pos), negative=len(neg), box=bool(box_ras),
-                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                      stroke=int(stroke.sum()) if stroke is not None else 0, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         log = edits(segmentation_node) + [change]
         segmentation_node.SetAttribute(EDITS_ATTRIBUTE, json.dumps(log))
         return change

@@ -54,6 +54,7 @@ class Panel:
         for organ in ORGANS:
             self.ui.clickOrganComboBox.addItem(organ.name, organ.key)
         self.ui.clickApplyButton.clicked.connect(self.onClickApply)
+        self.ui.paintHintButton.clicked.connect(self.onPaintHint)
         self._editorNode = None
         self._effectFactory = None
         self.setupSegmentEditor()
@@ -319,11 +320,11 @@ class Panel:
         setSource(volume)
 
     # ------------------------------------------------------------------ correcting with clicks
-    def pointsNode(self, name: str, color):
-        """The Markups node for positive or negative points (one of each in the scene), shown by its widget."""
+    def hintNode(self, name: str, color, kind: str = "vtkMRMLMarkupsFiducialNode"):
+        """The Markups node for positive points, negative points or the box (one of each in the scene)."""
         node = slicer.mrmlScene.GetFirstNodeByName(name)
         if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node = slicer.mrmlScene.AddNewNodeByClass(kind, name)
             node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetSelectedColor(*color)
         return node
@@ -332,16 +333,29 @@ class Panel:
         for widget, name, color in ((self.ui.positivePlaceWidget, "ContrastSeg inside points", (0.1, 0.8, 0.1)),
                                     (self.ui.negativePlaceWidget, "ContrastSeg outside points", (0.9, 0.1, 0.1))):
             widget.setMRMLScene(slicer.mrmlScene)
-            widget.setCurrentNode(self.pointsNode(name, color))
+            widget.setCurrentNode(self.hintNode(name, color))
             widget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        self.ui.boxPlaceWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.boxPlaceWidget.setCurrentNode(self.hintNode("ContrastSeg box", (0.9, 0.7, 0.1), "vtkMRMLMarkupsROINode"))
+
+    def onPaintHint(self) -> None:
+        """Select the hint segment (made if needed) in the editor below with Paint on: the user strokes the organ."""
+        from .correct import hint_segment
+
+        segmentation = self.ui.segmentEditorWidget.segmentationNode()
+        if segmentation is None:
+            self.ui.clickStatusLabel.setText("Segment the CT first: the stroke corrects its segmentation.")
+            return
+        self.ui.segmentEditorWidget.setCurrentSegmentID(hint_segment(segmentation, create=True))
+        self.ui.segmentEditorWidget.setActiveEffectByName("Paint")
 
     def enter(self) -> None:
         """Keyboard shortcuts while the module is shown: the Segment Editor's own (effects by number, Space,
-        Ctrl+Z, ...) and P / N to place inside / outside points."""
+        Ctrl+Z, ...) and P / N / B to place inside points, outside points or the box."""
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.setupPointWidgets()
         window = slicer.util.mainWindow()
-        for key, widget in (("p", self.ui.positivePlaceWidget), ("n", self.ui.negativePlaceWidget)):
+        for key, widget in (("p", self.ui.positivePlaceWidget), ("n", self.ui.negativePlaceWidget), ("b", self.ui.boxPlaceWidget)):
             shortcut = qt.QShortcut(qt.QKeySequence(key), window)
             shortcut.connect("activated()", lambda w=widget: w.setPlaceModeEnabled(True))
             self._shortcuts.append(shortcut)
@@ -353,8 +367,9 @@ class Panel:
         volume = self.params.inputVolume if self.params is not None else None
         segmentation = self.ui.segmentEditorWidget.segmentationNode()
         positive, negative = self.ui.positivePlaceWidget.currentNode(), self.ui.negativePlaceWidget.currentNode()
+        box = self.ui.boxPlaceWidget.currentNode()
         if volume is None or segmentation is None:
-            self.ui.clickStatusLabel.setText("Segment the CT first: the points correct its segmentation.")
+            self.ui.clickStatusLabel.setText("Segment the CT first: the hints correct its segmentation.")
             return
         if self.correction is None:
             self.correction = CorrectionLogic(python=self.logic.python)
@@ -363,11 +378,11 @@ class Panel:
         self.ui.segmentEditorWidget.saveStateForUndo()  # Undo in the Segment Editor takes the change back
         organ = self.ui.clickOrganComboBox.currentData
         with slicer.util.tryWithErrorDisplay("Could not update the organ.", waitCursor=True):
-            change = self.correction.refine(volume, segmentation, organ, positive, negative,
+            change = self.correction.refine(volume, segmentation, organ, positive, negative, box,
                                             model=self.params.settings.model or None)
             self.ui.clickStatusLabel.setText(f"{self.ui.clickOrganComboBox.currentText}: +{change['added']} / "
                                              f"-{change['removed']} voxels in {change['seconds']:.1f} s.")
-            for node in (positive, negative):
+            for node in (positive, negative, box):  # the hints are used: the next correction starts clean
                 if node is not None:
                     node.RemoveAllControlPoints()
 

@@ -9,7 +9,8 @@ with an `id` (any JSON value, echoed back) and an `op`:
     {"id": 2, "op": "segment", "ct": "ct1", "output": PATH, "coarse_output": PATH|null, "organs": [..],
      "coarse_only": false}                                       -> progress and output events, then the result
     {"id": 3, "op": "refine", "ct": "ct1", "organ": KEY, "labels": PATH|null (null: the last segmentation),
-     "output": PATH, "points_ras": [[x, y, z], ...], "neg_points_ras": [...], "box_ras": [x0,y0,z0,x1,y1,z1]|null}
+     "output": PATH, "points_ras": [[x, y, z], ...], "neg_points_ras": [...], "box_ras": [x0,y0,z0,x1,y1,z1]|null,
+     "scribble": PATH|null (a mask on the CT's grid: a rough stroke)}
     {"id": 4, "op": "cancel", "target": 2}                                     -> the running request 2 ends "cancelled"
     {"id": 5, "op": "close", "ct": "ct1"}        {"id": 6, "op": "shutdown"}
 
@@ -199,12 +200,16 @@ class Worker:
             current = s.labels
         else:
             raise ContrastSegError("refine needs 'labels' (a label map path) or an earlier segment of this CT")
+        inputs = [s.path] + [req[k] for k in ("labels", "scribble") if req.get(k)]
         if req.get("output"):
-            check_outputs({"output": req["output"]}, [s.path] + ([req["labels"]] if req.get("labels") else []))
+            check_outputs({"output": req["output"]}, inputs)
         box = req.get("box_ras")
+        if box is not None and len(box) != 6:
+            raise ContrastSegError(f"box_ras needs 6 numbers (x0, y0, z0, x1, y1, z1), got {len(box)}")
         prompts = Prompts(positive=[ras_to_lps(p) for p in req.get("points_ras") or []],
                           negative=[ras_to_lps(p) for p in req.get("neg_points_ras") or []],
                           boxes=[(ras_to_lps(box[:3]), ras_to_lps(box[3:]))] if box else [],
+                          scribble=read_labels(req["scribble"], s.image) if req.get("scribble") else None,
                           use_current=not req.get("ignore_current"))
         progress.begin("refine", f"re-segmenting {req['organ']}")
         t0 = time.perf_counter()
