@@ -83,9 +83,33 @@ def test_finetune_with_prompts_records_them(tmp_path):
     run = tmp_path / "ft"
     proc = subprocess.run([sys.executable, "-m", "contrastseg.cli", "finetune", str(data), "--run", str(run),
                            "--base", str(default_model()), "--init", str(default_model() / "refined.safetensors"),
-                           "--steps", "2", "--batch", "2", "--prompts", "0.5", "--coarse-attention", "0",
+                           "--steps", "2", "--batch", "2", "--prompts", "0.5", "--keep", "1", "--coarse-attention", "0",
                            "--threads", "1", "--progress", "none"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     card = json.loads((run / "model" / "card.json").read_text())
     assert card["training"]["refined"]["settings"]["prompts"] == 0.5
+    assert card["training"]["refined"]["settings"]["keep"] == 1.0
     assert card["refined"]["prompt_value"] == PROMPT_VALUE  # how clicks must be given to this network
+
+    bad = subprocess.run([sys.executable, "-m", "contrastseg.cli", "finetune", str(data), "--run", str(tmp_path / "bad"),
+                          "--base", str(default_model()), "--steps", "2", "--keep", "1", "--progress", "none"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "give it with --init" in bad.stderr and not (tmp_path / "bad" / "model").exists()
+
+
+def test_keep_loss_is_the_squared_gap_to_the_starting_network():
+    import torch
+
+    from contrastseg.train.refined import keep_loss
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(2, 2, 3, padding=1).eval()
+    x = torch.randn(3, 2, 8, 8)
+    same = teacher(x).detach().requires_grad_(True)
+    assert keep_loss(same, teacher, x).item() == pytest.approx(0.0, abs=1e-12)
+    moved = (teacher(x) + torch.randn(3, 2, 8, 8)).detach().requires_grad_(True)
+    loss = keep_loss(moved, teacher, x)
+    direct = ((torch.softmax(moved, 1)[:, 1] - torch.softmax(teacher(x), 1)[:, 1]) ** 2).mean()
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-6) and loss.item() > 0
+    loss.backward()
+    assert moved.grad.abs().sum() > 0 and all(p.grad is None for p in teacher.parameters())  # the teacher stays

@@ -43,8 +43,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=RefinedSettings.lr, help="refined network's learning rate")
     ap.add_argument("--prompts", type=float, default=RefinedSettings.prompts,
                     help="share of refined patches with prompt-like attention (clicks, boxes, strokes, previous slice)")
+    ap.add_argument("--keep", type=float, default=RefinedSettings.keep,
+                    help="with --refined-from: distillation toward its refined network on the patches without prompts")
     ap.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention)
     args = ap.parse_args()
+    if args.keep > 0 and args.refined_from is None:
+        ap.error("--keep distils toward the --refined-from network")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = {"format": "contrastseg-dataset/1", "entries": [
@@ -66,7 +70,7 @@ def main() -> None:
                               CoarseSettings(steps=args.coarse_steps),
                               device, Progress("bar", {"train": 1}))
     print("\ncoarse model:", coarse)
-    settings = RefinedSettings(steps=args.refined_steps, lr=args.lr, prompts=args.prompts,
+    settings = RefinedSettings(steps=args.refined_steps, lr=args.lr, prompts=args.prompts, keep=args.keep,
                                coarse_attention=args.coarse_attention)
     refined = finetune(args.work / "data", args.work / "refined", coarse, settings, device,
                        Progress("bar", {"train": 1}), init=init)

@@ -66,6 +66,9 @@ def register(sub) -> None:
     p.add_argument("--prompts", type=float, default=RefinedSettings.prompts,
                    help="share of patches whose attention is a prompt-like mask (a click's ball, a box's ellipse, a "
                         "partial stroke, the previous slice's organ: METHODS §10), so the network answers clicks")
+    p.add_argument("--keep", type=float, default=RefinedSettings.keep,
+                   help="weight of distillation toward the --init network on the patches without prompts (with "
+                        "--prompts: learn clicks without changing the answer to a coarse mask)")
     p.add_argument("--replay", type=float, default=RefinedSettings.replay, help="share of patches from the base's training cases")
     p.add_argument("--organs", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -112,7 +115,9 @@ def run_finetune(args: argparse.Namespace) -> int:
                                skip=not args.no_skip, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
                                freeze_encoder=args.freeze_encoder, organs=_organs(args.organs),
                                coarse_attention=args.coarse_attention, replay=args.replay,
-                               prompts=args.prompts)
+                               prompts=args.prompts, keep=args.keep)
+    if settings.keep > 0 and args.init is None:
+        raise ContrastSegError("--keep distils toward the starting network: give it with --init")
     device, progress = runtime(args, {"train": 1.0})
     model_dir = finetune(args.dataset, args.run, store.resolve(args.base), settings, device, progress, args.init,
                          args.encoder)

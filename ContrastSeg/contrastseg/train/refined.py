@@ -6,6 +6,7 @@ The encoder can start from a pretrained file (`init`) and be frozen (AGCL) or tr
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -32,6 +33,14 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5
     """1 - 2 sum(p g) / (sum p^2 + sum g^2) with p the foreground softmax probability (METHODS §1.6)."""
     p = torch.softmax(logits.float(), dim=1)[:, 1]
     return 1 - (2 * (p * target).sum() + eps) / ((p * p).sum() + (target * target).sum() + eps)
+
+
+def keep_loss(logits: torch.Tensor, teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the foreground probability from the frozen `teacher`'s on the same input
+    (learning without forgetting): 0 where the network still answers as it started."""
+    with torch.no_grad():
+        target = torch.softmax(teacher(x).float(), dim=1)[:, 1]
+    return ((torch.softmax(logits.float(), dim=1)[:, 1] - target) ** 2).mean()
 
 
 def load_encoder(net: torch.nn.Module, path: Path) -> int:
@@ -156,34 +165,46 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
             p.requires_grad_(False)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-5)
+    teacher = None
+    if settings.keep > 0:  # the starting network, frozen: what a coarse mask should keep getting as an answer
+        teacher = copy.deepcopy(net).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
 
-    def patch(sources: list[_Source], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def patch(sources: list[_Source], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(input, target, is it a prompt patch)."""
         organ_list = sorted({o for s in sources for o in s.truth.coords})
         organ = organ_list[rng.integers(len(organ_list))]  # organs drawn uniformly: small organs get their share
         options = [s for s in sources if organ in s.truth.coords]
         src = options[rng.integers(len(options))]
         if settings.prompts > 0 and rng.random() < settings.prompts:  # no draw at 0: the same stream as before
-            return sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
-                                prompt_mm=settings.inplane_spacing)
+            return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
+                                  prompt_mm=settings.inplane_spacing), True)
         if src.attention_index is not None and organ in src.attention_index.coords and rng.random() < settings.coarse_attention:
-            return sample_patch(src.case.image, src.case.labels, src.attention_index, organ, rng, settings.patch,
-                                attention_map=src.attention)
-        return sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch)
+            return (*sample_patch(src.case.image, src.case.labels, src.attention_index, organ, rng, settings.patch,
+                                  attention_map=src.attention), False)
+        return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch), False)
 
     user_ok = [s for s in user if s.truth.coords]
     replay_ok = [s for s in replay if s.truth.coords]
 
     def step(rng: np.random.Generator) -> torch.Tensor:
-        xs, ys = [], []
+        xs, ys, prompted = [], [], []
         for _ in range(settings.batch):
             pool = replay_ok if replay_ok and (not user_ok or rng.random() < settings.replay) else user_ok
-            x, y = patch(pool, rng)
+            x, y, is_prompt = patch(pool, rng)
             xs.append(x)
             ys.append(y)
+            prompted.append(is_prompt)
         x = torch.from_numpy(np.stack(xs)).to(device)
         if settings.freeze_encoder:
             net.encoder.eval()  # frozen BatchNorm statistics too
-        return soft_dice_loss(net(x), torch.from_numpy(np.stack(ys)).to(device))
+        logits = net(x)
+        loss = soft_dice_loss(logits, torch.from_numpy(np.stack(ys)).to(device))
+        plain = [i for i, p in enumerate(prompted) if not p]
+        if teacher is not None and plain:
+            loss = loss + settings.keep * keep_loss(logits[plain], teacher, x[plain])
+        return loss
 
     t0 = time.time()
     summary = train(run_dir, net, optimizer, step, settings.steps, settings.seed, progress=progress,
