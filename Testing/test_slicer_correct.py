@@ -115,6 +115,16 @@ def test_the_correction_uses_the_worker_segment_used_and_the_ct_it_opened(slicer
     change = logic.refine(volume, run.result_node, "liver", positive=points)
     assert worker.client.next_id == sent + 1  # only the refine: the CT was still open from Segment
     assert change["organ"] == "liver" and (nodes.labelmap_array(run.result_node, volume) == 6).sum() > 1000
+    # the worker dies while idle (out of memory, a crash): the next click starts a new one and opens the CT again
+    import os
+    import signal
+
+    old = worker.client.proc
+    os.kill(old.pid, signal.SIGKILL)
+    old.wait(timeout=30)
+    points.SetNthControlPointPosition(0, *m.MultiplyPoint([float(x), float(y), float(z), 1.0])[:3])
+    again = logic.refine(volume, run.result_node, "liver", positive=points)
+    assert again["organ"] == "liver" and worker.client.proc.pid != old.pid
 
 
 def test_a_box_or_a_rough_stroke_finds_the_missed_organ(slicer_app, logic, tmp_path):  # noqa: F811
@@ -156,3 +166,10 @@ def test_a_box_or_a_rough_stroke_finds_the_missed_organ(slicer_app, logic, tmp_p
     stroked = dice(after == 2, truth)
     print(f"\nright kidney from nothing: box {boxed:.3f}, rough stroke ({int(stroke.sum())} voxels) {stroked:.3f}")
     assert boxed > 0.75 and stroked > 0.45  # measured 0.835 and 0.575 (2026-12-01, default model)
+def test_a_stroke_is_painted_without_overwriting_the_organs_under_it(slicer_app):  # noqa: F811
+    from ContrastSegLib.correct import paint_hint_mode
+
+    editor = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)  # the Segment Editor's default
+    previous = paint_hint_mode(editor)
+    assert editor.GetOverwriteMode() == editor.OverwriteNone and previous == editor.OverwriteAllSegments

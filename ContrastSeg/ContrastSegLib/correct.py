@@ -62,6 +62,15 @@ def hint_segment(segmentation_node, create: bool = False) -> str | None:
     return segmentation.AddEmptySegment("", HINT_SEGMENT, [1.0, 0.85, 0.0])
 
 
+def paint_hint_mode(editor_node) -> int:
+    """Let the stroke painted into the hint segment overlap the organs: the Segment Editor's default mode
+    overwrites every other segment, which would cut the stroke out of each organ under it. Returns the mode
+    to restore once the stroke is used."""
+    previous = editor_node.GetOverwriteMode()
+    editor_node.SetOverwriteMode(editor_node.OverwriteNone)
+    return previous
+
+
 def edits(segmentation_node) -> list[dict]:
     """The prompted edits recorded on a segmentation node, oldest first."""
     text = segmentation_node.GetAttribute(EDITS_ATTRIBUTE) if segmentation_node is not None else None

@@ -14,6 +14,7 @@ import slicer
 from contrastseg.organs import ORGANS
 from contrastseg.store import list_models
 
+from .hints_section import HintsSection
 from .install import InstallLogic
 from .segmentation import SegmentationLogic, SegmentationRun
 
@@ -49,12 +50,7 @@ class Panel:
         self.ui.refreshModelsButton.clicked.connect(self.fillModels)
         self.ui.openEditorButton.clicked.connect(self.onOpenSegmentEditor)
         self.ui.openEditorButton.setEnabled(False)
-        self.correction = None  # CorrectionLogic, made at the first click correction
-        self._shortcuts = []
-        for organ in ORGANS:
-            self.ui.clickOrganComboBox.addItem(organ.name, organ.key)
-        self.ui.clickApplyButton.clicked.connect(self.onClickApply)
-        self.ui.paintHintButton.clicked.connect(self.onPaintHint)
+        self.hints = HintsSection(self.ui, self)  # the Correct section's points, box and stroke
         self._editorNode = None
         self._effectFactory = None
         self.setupSegmentEditor()
@@ -88,8 +84,7 @@ class Panel:
         self.setParameterNode(None)
         if self._effectFactory is not None:
             self._effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
-        if self.correction is not None:
-            self.correction.cleanup()
+        self.hints.cleanup()
         from .worker import shutdown_shared_worker
 
         shutdown_shared_worker()  # the engine worker Segment and the click correction share
@@ -319,78 +314,14 @@ class Panel:
         setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
         setSource(volume)
 
-    # ------------------------------------------------------------------ correcting with clicks
-    def hintNode(self, name: str, color, kind: str = "vtkMRMLMarkupsFiducialNode"):
-        """The Markups node for positive points, negative points or the box (one of each in the scene)."""
-        node = slicer.mrmlScene.GetFirstNodeByName(name)
-        if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass(kind, name)
-            node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor(*color)
-        return node
-
-    def setupPointWidgets(self) -> None:
-        for widget, name, color in ((self.ui.positivePlaceWidget, "ContrastSeg inside points", (0.1, 0.8, 0.1)),
-                                    (self.ui.negativePlaceWidget, "ContrastSeg outside points", (0.9, 0.1, 0.1))):
-            widget.setMRMLScene(slicer.mrmlScene)
-            widget.setCurrentNode(self.hintNode(name, color))
-            widget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
-        self.ui.boxPlaceWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.boxPlaceWidget.setCurrentNode(self.hintNode("ContrastSeg box", (0.9, 0.7, 0.1), "vtkMRMLMarkupsROINode"))
-
-    def onPaintHint(self) -> None:
-        """Select the hint segment (made if needed) in the editor below with Paint on: the user strokes the organ."""
-        from .correct import hint_segment
-
-        segmentation = self.ui.segmentEditorWidget.segmentationNode()
-        if segmentation is None:
-            self.ui.clickStatusLabel.setText("Segment the CT first: the stroke corrects its segmentation.")
-            return
-        self.ui.segmentEditorWidget.setCurrentSegmentID(hint_segment(segmentation, create=True))
-        self.ui.segmentEditorWidget.setActiveEffectByName("Paint")
-
     def enter(self) -> None:
         """Keyboard shortcuts while the module is shown: the Segment Editor's own (effects by number, Space,
-        Ctrl+Z, ...) and P / N / B to place inside points, outside points or the box."""
+        Ctrl+Z, ...) and the Correct section's P / N / B."""
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
-        self.setupPointWidgets()
-        window = slicer.util.mainWindow()
-        for key, widget in (("p", self.ui.positivePlaceWidget), ("n", self.ui.negativePlaceWidget), ("b", self.ui.boxPlaceWidget)):
-            shortcut = qt.QShortcut(qt.QKeySequence(key), window)
-            shortcut.connect("activated()", lambda w=widget: w.setPlaceModeEnabled(True))
-            self._shortcuts.append(shortcut)
-
-    def onClickApply(self) -> None:
-        from .correct import CorrectionLogic
-        from .parameter import engine_device
-
-        volume = self.params.inputVolume if self.params is not None else None
-        segmentation = self.ui.segmentEditorWidget.segmentationNode()
-        positive, negative = self.ui.positivePlaceWidget.currentNode(), self.ui.negativePlaceWidget.currentNode()
-        box = self.ui.boxPlaceWidget.currentNode()
-        if volume is None or segmentation is None:
-            self.ui.clickStatusLabel.setText("Segment the CT first: the hints correct its segmentation.")
-            return
-        if self.correction is None:
-            self.correction = CorrectionLogic(python=self.logic.python)
-        settings = self.params.settings  # the worker Segment used: the CT it segmented is still open there
-        self.correction.device, self.correction.threads = engine_device(settings), int(settings.threads or 0)
-        self.ui.segmentEditorWidget.saveStateForUndo()  # Undo in the Segment Editor takes the change back
-        organ = self.ui.clickOrganComboBox.currentData
-        with slicer.util.tryWithErrorDisplay("Could not update the organ.", waitCursor=True):
-            change = self.correction.refine(volume, segmentation, organ, positive, negative, box,
-                                            model=self.params.settings.model or None)
-            self.ui.clickStatusLabel.setText(f"{self.ui.clickOrganComboBox.currentText}: +{change['added']} / "
-                                             f"-{change['removed']} voxels in {change['seconds']:.1f} s.")
-            for node in (positive, negative, box):  # the hints are used: the next correction starts clean
-                if node is not None:
-                    node.RemoveAllControlPoints()
+        self.hints.enter()
 
     def exit(self) -> None:
-        for shortcut in self._shortcuts:
-            shortcut.disconnect("activated()")
-            shortcut.setParent(None)
-        self._shortcuts = []
+        self.hints.exit()
         self.ui.segmentEditorWidget.setActiveEffect(None)
         self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.ui.segmentEditorWidget.removeViewObservations()

@@ -27,12 +27,12 @@ MAX_OPEN_CTS = 2  # each open CT holds its image and refined grid in the worker'
 
 
 class EngineWorker:
-    """One worker process and what it has open: volume node ID -> (node MTime, model) of the CT in memory."""
+    """One worker process and the volume nodes it has open."""
 
     def __init__(self, python: str, env: dict | None = None, device: str = "auto", threads: int = 0):
         self.python, self.env, self.device, self.threads = python, dict(env or os.environ), device, int(threads or 0)
         self.client = None
-        self.opened: dict[str, tuple[int, str]] = {}
+        self.opened: dict[str, tuple] = {}  # volume node ID -> version() of the CT the worker has open
         self.work = Path(tempfile.mkdtemp(prefix="ContrastSegWorker-"))
         self.stopped_because: str | None = None  # why the last worker process died, told with the next answer
 
@@ -57,25 +57,27 @@ class EngineWorker:
             self.client.wait_ready()
         return self.client
 
-    def open_key(self, volume_node, model: str | None) -> tuple[str, bool]:
-        """(the worker's key for this volume, whether it is already open there with this model)."""
-        key = volume_node.GetID()
-        return key, self.opened.get(key) == (volume_node.GetMTime(), model or "")
+    @staticmethod
+    def version(volume_node, model: str | None) -> tuple:
+        """What the worker's copy of a volume depends on: the node (geometry, name) and its voxels (edited in
+        place, only the image data's MTime changes), and the model it was opened with."""
+        image = volume_node.GetImageData()
+        return (volume_node.GetMTime(), image.GetMTime() if image is not None else 0, model or "")
 
     def send_open(self, volume_node, model: str | None) -> int | None:
         """Write the volume and ask the worker to open it under the node's ID (no wait); None if it is open."""
-        key, is_open = self.open_key(volume_node, model)
-        if is_open:
+        client = self.connection(wait=False)  # first: a worker that died while idle took its open CTs with it
+        key = volume_node.GetID()
+        if self.opened.get(key) == self.version(volume_node, model):
             self.opened[key] = self.opened.pop(key)  # most recently used last
             return None
-        client = self.connection(wait=False)
         self.opened.pop(key, None)  # a changed volume (or another model) is opened again under the same key
         for old in list(self.opened)[: max(0, len(self.opened) - MAX_OPEN_CTS + 1)]:
             client.abandon(client.send("close", ct=old))  # free the least recently used CT's memory
             del self.opened[old]
         path = nodes.write_volume(volume_node, self.work / f"{key}.nrrd")
         rid = client.send("open", ct=str(path), model=model or None, key=key)
-        self.opened[key] = (volume_node.GetMTime(), model or "")
+        self.opened[key] = self.version(volume_node, model)
         return rid
 
     def open(self, volume_node, model: str | None) -> str:
@@ -223,12 +225,17 @@ class WorkerJob:
         for rid in (self.open_id, self.segment_id):
             if rid is not None and client is not None and client.alive():
                 try:
-                    client.send("cancel", target=rid)
+                    client.abandon(client.send("cancel", target=rid))
                 except ContrastSegError:
                     pass
                 client.abandon(rid)
         if self.open_id is not None:  # it may never have opened: open it again next time
-            self.worker.opened.pop(self.job.volume_node.GetID(), None)
+            key = self.job.volume_node.GetID()
+            self.worker.opened.pop(key, None)
+            try:
+                (self.worker.work / f"{key}.nrrd").unlink(missing_ok=True)
+            except OSError:  # Windows: the worker is reading it; the worker's folder goes at shutdown
+                pass
 
     def error_message(self) -> str | None:
         return next((e.data.get("message") for e in reversed(self.events) if e.event == "error"), None)

@@ -127,14 +127,16 @@ class Worker:
 
         if not req.get("ct"):
             raise ContrastSegError("open needs 'ct': the path of a CT file or DICOM folder")
-        image = read_image(req["ct"])
-        model = self.model(req.get("model"))
         if req.get("key") is not None:
             key = str(req["key"])
+            # a CT opened again under its key: the old one goes first (its memory, and no request meant for the
+            # new one can run on it if the new one fails to open)
+            self.sessions.pop(key, None)
         else:
             self.count += 1
             key = f"ct{self.count}"
-        self.sessions.pop(key, None)  # a CT opened again under its key: the old one's memory goes first
+        image = read_image(req["ct"])
+        model = self.model(req.get("model"))
         self.sessions[key] = Session(image, model, str(req["ct"]))
         return {"ct": key, "size": list(image.GetSize()), "spacing": [round(v, 4) for v in image.GetSpacing()],
                 "model": model.card.get("name"), "organs": model.organs}
@@ -216,6 +218,7 @@ class Worker:
         if s.fine is None:  # kept for the next refinement of this CT
             s.fine = refined_grid(s.image, s.model)
         labels, change = refine_organ(s.image, current, s.model, organ, prompts, self.device, fine=s.fine)
+        progress.check()  # cancelled meanwhile: neither the result nor a file
         s.labels = labels
         if req.get("output"):
             write_labels(labels, req["output"], [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v])

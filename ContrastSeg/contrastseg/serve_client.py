@@ -47,8 +47,8 @@ class Client:
         self.outstanding: set = set()  # ids sent and not answered yet
         self.abandoned: set = set()  # ids whose answer nobody waits for any more (cancelled by the caller)
         self._stderr_tail: collections.deque = collections.deque(maxlen=20)
-        threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True).start()
+        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True).start()
         self.ready = None
         if wait:
             self.wait_ready(timeout)
@@ -84,9 +84,16 @@ class Client:
     # ------------------------------------------------------------------ requests
     def send(self, op: str, **fields) -> int:
         self.next_id += 1
-        self.send_line(json.dumps({"id": self.next_id, "op": op, **fields}))
-        self.outstanding.add(self.next_id)
-        return self.next_id
+        rid = self.next_id
+        with self._changed:  # before the line goes out: its answer may come before send() returns
+            self.outstanding.add(rid)
+        try:
+            self.send_line(json.dumps({"id": rid, "op": op, **fields}))
+        except ContrastSegError:
+            with self._changed:
+                self.outstanding.discard(rid)
+            raise
+        return rid
 
     def send_line(self, line: str) -> None:
         """One raw line to the worker (send() is the way to make requests; tests use this for malformed input)."""
@@ -111,6 +118,8 @@ class Client:
     def take(self, rid) -> list[dict]:
         """The messages for `rid` that have arrived, without waiting. Raises ContrastSegError if the worker died
         before answering `rid`."""
+        if self.ready is None and self._messages.get(None):  # started without waiting: check its protocol now
+            self.wait_ready(timeout=0)
         with self._changed:
             queued = self._messages.get(rid)
             taken = list(queued or ())
@@ -145,26 +154,36 @@ class Client:
                 return self._messages[rid].popleft()
         raise ContrastSegError(self._dead(when))
 
-    def _read_stdout(self, stream) -> None:
-        for line in stream:
+    def _read_stdout(self, proc) -> None:
+        """Runs on a thread per process; after a restart the old process's thread leaves the new state alone."""
+        for line in proc.stdout:
             try:
                 msg = json.loads(line)
+                if not isinstance(msg, dict):
+                    raise ValueError("not an object")
             except ValueError:  # a stray print from a library: not part of the protocol
-                self._stderr_tail.append(line.rstrip())
-                continue
-            rid = msg.get("id") if isinstance(msg, dict) else None
+                msg = None
             with self._changed:
+                if proc is not self.proc:
+                    return
+                if msg is None:
+                    self._stderr_tail.append(line.rstrip())
+                    continue
+                rid = msg.get("id")
                 if "ok" in msg:
                     self.outstanding.discard(rid)
                 if rid not in self.abandoned:
                     self._messages[rid].append(msg)
                 self._changed.notify_all()
         with self._changed:
-            self._eof = True
-            self._changed.notify_all()
+            if proc is self.proc:
+                self._eof = True
+                self._changed.notify_all()
 
-    def _read_stderr(self, stream) -> None:
-        for line in stream:
+    def _read_stderr(self, proc) -> None:
+        for line in proc.stderr:
+            if proc is not self.proc:
+                return
             if line.strip():
                 self._stderr_tail.append(line.rstrip())
 

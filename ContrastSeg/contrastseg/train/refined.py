@@ -156,8 +156,15 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
         raise ContrastSegError(f"no labelled organ of {organs} found in dataset {dataset}")
     torch.manual_seed(settings.seed)  # the same --seed gives the same starting weights
     net = build_refined(settings.card()).to(device)
-    if init is not None:
-        load_encoder(net, init)
+    loaded = load_encoder(net, init) if init is not None else 0
+    teacher = None
+    if settings.keep > 0:  # the starting network, frozen: what a coarse mask should keep getting as an answer
+        if loaded != len(net.state_dict()):
+            raise ContrastSegError("--keep distils toward the starting network, so --init must be a whole refined "
+                                   "network (a model's refined.safetensors), not an encoder")
+        teacher = copy.deepcopy(net).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     if encoder is not None:
         load_encoder(net, encoder)
     if settings.freeze_encoder:
@@ -165,11 +172,6 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
             p.requires_grad_(False)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-5)
-    teacher = None
-    if settings.keep > 0:  # the starting network, frozen: what a coarse mask should keep getting as an answer
-        teacher = copy.deepcopy(net).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
 
     def patch(sources: list[_Source], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
         """(input, target, is it a prompt patch)."""
