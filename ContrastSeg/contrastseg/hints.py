@@ -15,6 +15,14 @@ TYPICAL_RADIUS_MM = {1: 35, 2: 25, 3: 25, 4: 15, 5: 8, 6: 60, 7: 35, 8: 11, 9: 1
 CLICK_FRACTION = 0.6  # a click's ball: this share of the organ's typical radius
 STROKE_DILATION = 2  # pixels a stroke is dilated by
 PROPAGATION_DILATION = 3  # pixels the neighbouring slice's prediction is dilated by, as the next slice's attention
+# Propagation stops where the organ cannot be any more: a slice more than LEAK_WIDENING times the narrowest
+# propagated slice before it (plus LEAK_SLACK of the organ's typical cross-section), or larger than MAX_AREA
+# typical cross-sections. An organ narrows toward its ends; widening again past a narrowing means the
+# prediction went through a thin connection into another structure (one click at the top of an IVC grew a
+# blob of 20 typical cross-sections per slice down the volume).
+LEAK_WIDENING = 2.0
+LEAK_SLACK = 0.25
+MAX_AREA = 4.0
 PROMPT_KINDS = ("click", "box", "stroke", "previous", "partial")
 # A hint's value in the attention channel of a network trained for prompts; a mask (a coarse organ, the
 # propagated neighbour) is 1. The network can then tell "the organ is about here: find it" from "this is
@@ -22,6 +30,11 @@ PROMPT_KINDS = ("click", "box", "stroke", "previous", "partial")
 # 0.798 Dice on the coarse-attention path); with a half organ at 1 beside a click, still to 0.865. So
 # everything a user gives, the current segment beside a click included, is a hint.
 PROMPT_VALUE = 0.5
+
+
+def typical_area_mm2(organ: int) -> float:
+    """The organ's typical in-plane cross-section: a disc of its typical radius."""
+    return float(np.pi * TYPICAL_RADIUS_MM[organ] ** 2)
 
 
 def click_radius_px(organ: int, pixel_mm: float) -> float:

@@ -28,7 +28,8 @@ from .models.files import Model
 from .organs import BY_ID
 from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like
 
-from .hints import CLICK_FRACTION, PROPAGATION_DILATION, STROKE_DILATION, TYPICAL_RADIUS_MM, ellipse_in_box
+from .hints import (CLICK_FRACTION, LEAK_SLACK, LEAK_WIDENING, MAX_AREA, PROPAGATION_DILATION, STROKE_DILATION,
+                    TYPICAL_RADIUS_MM, ellipse_in_box, typical_area_mm2)
 
 MARGIN = 16  # pixels around the attention box, as at inference
 
@@ -142,9 +143,13 @@ def _predict(net, image: np.ndarray, att: np.ndarray, device: torch.device) -> n
     return out
 
 
-def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.device, batch: int = 16) -> np.ndarray:
+def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.device, batch: int = 16,
+                typical_px: float | None = None) -> np.ndarray:
     """The organ on the refined grid: the network on every slice with attention, then propagation to the others
-    (the neighbour's prediction, dilated, as a mask of value 1; the new slice's organ stays inside it)."""
+    (the neighbour's prediction, dilated, as a mask of value 1; the new slice's organ stays inside it).
+
+    `typical_px`: the organ's typical cross-section in pixels; with it, propagation also stops at a slice the
+    organ cannot be (hints.LEAK_WIDENING, MAX_AREA), which is left out."""
     pred = np.zeros(image.shape, dtype=bool)
     hinted = [int(z) for z in np.nonzero(attention.any(axis=(1, 2)))[0]]
     for start in range(0, len(hinted), batch):
@@ -155,6 +160,8 @@ def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.dev
     done = set(hinted)
     for step in (1, -1):  # outward from the hinted slices, in both directions, until the organ ends
         z = (max(hinted) if step == 1 else min(hinted)) + step
+        end = z - step  # the last hinted slice: the organ narrows from here on (or ends)
+        narrowest = int(pred[end].sum()) if 0 <= end < image.shape[0] and pred[end].any() else None
         while 0 <= z < image.shape[0] and z not in done:
             seed = ndimage.binary_dilation(pred[z - step], iterations=PROPAGATION_DILATION)
             if not seed.any():
@@ -162,8 +169,14 @@ def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.dev
             # within the seed: an organ's outline moves a few pixels from slice to slice; unclamped, one
             # slice of another tissue let the prediction run on through the volume (a kidney grew 5x)
             pred[z] = _predict(net, image[z:z + 1], seed[None].astype(np.float32), device)[0] & seed
-            if not pred[z].any():
+            area = int(pred[z].sum())
+            if not area:
                 break
+            if typical_px is not None:
+                narrowest = area if narrowest is None else min(narrowest, area)
+                if area > LEAK_WIDENING * narrowest + LEAK_SLACK * typical_px or area > MAX_AREA * typical_px:
+                    pred[z] = False  # not this organ any more: the propagation leaked
+                    break
             z += step
     return pred
 
@@ -240,10 +253,12 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         fine = fine if fine is not None else refined_grid(image, model)
         organ_now = labels_to_grid((labels == organ).astype(np.uint8), current, fine.grid) > 0
         hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now, model.card["refined"].get("prompt_value", 1.0))
-        pred = refine_mask(model.refined.to(device).eval(), fine.array, hints, device) & ~excluded
+        spacing = fine.grid.GetSpacing()
+        typical_px = typical_area_mm2(organ) / (spacing[0] * spacing[1])
+        pred = refine_mask(model.refined.to(device).eval(), fine.array, hints, device, typical_px=typical_px) & ~excluded
         # a positive hint adds the organ where it points: the predicted components that hold a hint, beside
-        # the current segment; the rest of the re-prediction is not taken (one click at the top of a long IVC
-        # otherwise replaced a 0.80-Dice segment by a blob of 9x its size)
+        # the current segment; the rest of the re-prediction is not taken (a click elsewhere must not redraw
+        # parts of the organ it did not point at)
         pred = _components_at(pred, _anchors(fine.grid, prompts))
         if prompts.use_current:
             pred |= organ_now & ~excluded
