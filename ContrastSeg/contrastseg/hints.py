@@ -15,11 +15,13 @@ TYPICAL_RADIUS_MM = {1: 35, 2: 25, 3: 25, 4: 15, 5: 8, 6: 60, 7: 35, 8: 11, 9: 1
 CLICK_FRACTION = 0.6  # a click's ball: this share of the organ's typical radius
 STROKE_DILATION = 2  # pixels a stroke is dilated by
 PROPAGATION_DILATION = 3  # pixels the neighbouring slice's prediction is dilated by, as the next slice's attention
-# Propagation stops where the organ cannot be any more: a slice more than LEAK_WIDENING times the narrowest
-# propagated slice before it (plus LEAK_SLACK of the organ's typical cross-section), or larger than MAX_AREA
-# typical cross-sections. An organ narrows toward its ends; widening again past a narrowing means the
-# prediction went through a thin connection into another structure (one click at the top of an IVC grew a
-# blob of 20 typical cross-sections per slice down the volume).
+# Propagation stops where the organ cannot be any more: once it has narrowed (a propagated slice under
+# NARROWED of the widest hinted slice), at a slice more than LEAK_WIDENING times the narrowest before it (plus
+# LEAK_SLACK of the organ's typical cross-section); and at any slice larger than MAX_AREA typical
+# cross-sections. An organ narrows toward its ends; widening again past a narrowing means the prediction went
+# through a thin connection into another structure (one click at the top of an IVC grew a blob of 20 typical
+# cross-sections per slice down the volume). Growing from a small hint (a stroke) is no narrowing.
+NARROWED = 0.5
 LEAK_WIDENING = 2.0
 LEAK_SLACK = 0.25
 MAX_AREA = 4.0

@@ -28,8 +28,8 @@ from .models.files import Model
 from .organs import BY_ID
 from .preprocess import inplane_spacing, labels_to_grid, prepare, resample_like
 
-from .hints import (CLICK_FRACTION, LEAK_SLACK, LEAK_WIDENING, MAX_AREA, PROPAGATION_DILATION, STROKE_DILATION,
-                    TYPICAL_RADIUS_MM, ellipse_in_box, typical_area_mm2)
+from .hints import (CLICK_FRACTION, LEAK_SLACK, LEAK_WIDENING, MAX_AREA, NARROWED, PROPAGATION_DILATION,
+                    STROKE_DILATION, TYPICAL_RADIUS_MM, ellipse_in_box, typical_area_mm2)
 
 MARGIN = 16  # pixels around the attention box, as at inference
 
@@ -158,10 +158,10 @@ def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.dev
     if not hinted:
         return pred
     done = set(hinted)
+    widest = int(pred[hinted].sum(axis=(1, 2)).max())
     for step in (1, -1):  # outward from the hinted slices, in both directions, until the organ ends
         z = (max(hinted) if step == 1 else min(hinted)) + step
-        end = z - step  # the last hinted slice: the organ narrows from here on (or ends)
-        narrowest = int(pred[end].sum()) if 0 <= end < image.shape[0] and pred[end].any() else None
+        narrowest = None
         while 0 <= z < image.shape[0] and z not in done:
             seed = ndimage.binary_dilation(pred[z - step], iterations=PROPAGATION_DILATION)
             if not seed.any():
@@ -173,10 +173,11 @@ def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.dev
             if not area:
                 break
             if typical_px is not None:
-                narrowest = area if narrowest is None else min(narrowest, area)
-                if area > LEAK_WIDENING * narrowest + LEAK_SLACK * typical_px or area > MAX_AREA * typical_px:
+                narrowed = narrowest is not None and narrowest < NARROWED * widest
+                if (narrowed and area > LEAK_WIDENING * narrowest + LEAK_SLACK * typical_px) or area > MAX_AREA * typical_px:
                     pred[z] = False  # not this organ any more: the propagation leaked
                     break
+                narrowest = area if narrowest is None else min(narrowest, area)
             z += step
     return pred
 
