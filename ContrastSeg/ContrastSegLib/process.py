@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from contrastseg.processes import own_group
+
 
 def engine_command(*args: str, python: str | None = None) -> list[str]:
     """The command line that runs `contrastseg ARGS` with `python` (in Slicer: PythonSlicer)."""
@@ -74,10 +76,10 @@ class EngineProcess:
             self._stderr_file = self.stream_file.with_suffix(".stderr.txt")
             with open(self.stream_file, "ab") as out, open(self._stderr_file, "ab") as err:
                 self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                             env=env, **_new_group())
+                                             env=env, **own_group())
         else:
             self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, env=env, bufsize=0, **_new_group())
+                                         stdin=subprocess.DEVNULL, env=env, bufsize=0, **own_group())
             # a reader thread per pipe: non-blocking pipes (os.set_blocking) do not exist on Windows
             self._pipes = {"out": _PipeReader(self.proc.stdout), "err": _PipeReader(self.proc.stderr)}
         self.pid = self.proc.pid
@@ -207,14 +209,6 @@ class _PipeReader:
         with self._lock:
             data, self._chunks = b"".join(self._chunks), []
         return self._decoder.decode(data)
-
-
-def _new_group() -> dict:
-    """Popen options that give the engine its own process group, so cancel reaches its whole tree (POSIX:
-    a new session, for killpg; Windows: a new process group without a console window, for taskkill /T)."""
-    if os.name == "nt":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
-    return {"start_new_session": True}
 
 
 def _exit_code_from_events(events: list[EngineEvent]) -> int:

@@ -1,4 +1,5 @@
-"""Is a process still running? One answer for the engine (run status, run locks) and both Slicer modules.
+"""Is a process still running, and how to start one in its own group: one answer for the engine (run status,
+run locks, the worker's client) and both Slicer modules.
 
 Torch-free and signal-free: on Windows `os.kill(pid, 0)` does not test a process, it terminates it, and
 `os.WNOHANG` does not exist (Slicer 5.6-5.8 run Python 3.9 there), so Windows asks the kernel for the exit
@@ -58,3 +59,14 @@ def process_alive(pid: int | None, run_dir: Path | None = None) -> bool:
         return done == 0
     except ChildProcessError:
         return True
+
+
+def own_group() -> dict:
+    """Popen options that give a child its own process group, so cancel reaches its whole tree and a terminal's
+    Ctrl+C does not (POSIX: a new session, for killpg; Windows: a new process group without a console window,
+    for taskkill /T)."""
+    import subprocess
+
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    return {"start_new_session": True}

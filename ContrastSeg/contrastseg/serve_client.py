@@ -16,6 +16,7 @@ import threading
 import time
 
 from .errors import ContrastSegError
+from .processes import own_group
 
 PROTOCOL = "contrastseg-serve/1"
 
@@ -40,7 +41,7 @@ class Client:
         """Start the worker; with `wait`, until it says it is ready (importing torch takes seconds). Requests sent
         before that wait in its stdin, so a caller that polls need not wait (`wait=False`)."""
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1, env=self.env, **_own_group())
+                                     text=True, bufsize=1, env=self.env, **own_group())
         self._messages: dict = collections.defaultdict(collections.deque)  # request id -> messages not yet taken
         self._changed = threading.Condition()
         self._eof = False
@@ -197,13 +198,3 @@ class Client:
         last = next((ln for ln in reversed(self._stderr_tail) if ln.strip()), None) if self.proc is not None else None
         why = f"; its last words: {last[-200:]}" if last else ""
         return f"the ContrastSeg worker stopped {when} (exit code {code}{why}); restart it and open the CT again"
-
-
-def _own_group() -> dict:
-    """Popen options that keep the worker out of the caller's console signals (Ctrl+C in a terminal), and
-    without a console window on Windows."""
-    import os
-
-    if os.name == "nt":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
-    return {"start_new_session": True}
