@@ -72,6 +72,29 @@ def test_a_prompt_patch_keeps_the_organ_as_target(grid):
         assert set(np.unique(x[1])) <= {0.0, PROMPT_VALUE, 1.0}
 
 
+def test_an_augmented_patch_rescales_organ_and_hint_together(grid):
+    """`augment`: the window at a random scale, resized back, so the organ and its hint stay aligned, and the
+    image jittered in intensity; the same draw without it is the plain patch."""
+    image, labels = grid
+    index = OrganIndex.build(labels, [2])
+    ratios, jittered = [], 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        x, y = sample_patch(image, labels, index, 2, rng, 128, augment=True)
+        assert x.shape == (2, 128, 128) and y.shape == (128, 128) and x.dtype == np.float32
+        assert set(np.unique(y)) <= {0.0, 1.0} and y.sum() > 0
+        attention = x[1] > 0
+        assert (attention & (y > 0)).sum() > 0.5 * y.sum()  # a perturbed truth: still on the organ after resizing
+        plain_x, plain_y = sample_patch(image, labels, index, 2, np.random.default_rng(seed), 128)  # same centre
+        ratios.append(y.sum() / plain_y.sum())  # (128 / window)^2: a kidney fits the window at every scale
+        jittered += not np.allclose(plain_x[0], x[0], atol=1e-3)
+    assert 0.55 < min(ratios) < 0.9 and 1.15 < max(ratios) < 1.7, ratios  # organs appear smaller and larger
+    assert jittered == 30
+    rng = np.random.default_rng(3)
+    x, y = sample_patch(image, labels, index, 2, rng, 128, prompt_mm=PIXEL_MM, augment=True)
+    assert set(np.unique(x[1])) <= {0.0, PROMPT_VALUE, 1.0} and x[1].any()  # hints keep their value
+
+
 def test_finetune_with_prompts_records_them(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

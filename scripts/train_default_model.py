@@ -8,11 +8,11 @@ mapped to BTCV ids): example_ct.nii.gz + example_seg_fast_force_split.nii.gz, an
 
 Then copy work/default/refined/model/* into Resources/Models/default/ (weights stored as fp16).
 
-The shipped model's refined network was then trained for prompts (METHODS §10) on the same data, from its
-own weights, keeping its coarse network:
+Training the refined network for prompts (METHODS §10) on the same data, from the shipped weights, keeping
+the coarse network (the README's "Training the refined network for prompts" says which recipes were tried):
 
     python scripts/train_default_model.py --work work/prompt --refined-from Resources/Models/default \
-        --refined-steps 600 --lr 3e-4 --prompts 0.3
+        --refined-steps 600 --lr 3e-4 --prompts 0.3 --keep 10 --augment
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
                     help="share of refined patches with prompt-like attention (clicks, boxes, strokes, previous slice)")
     ap.add_argument("--keep", type=float, default=RefinedSettings.keep,
                     help="with --refined-from: distillation toward its refined network on the patches without prompts")
+    ap.add_argument("--augment", action="store_true", help="random scale and intensity jitter of the refined patches")
     ap.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention)
     args = ap.parse_args()
     if args.keep > 0 and args.refined_from is None:
@@ -71,7 +72,7 @@ def main() -> None:
                               device, Progress("bar", {"train": 1}))
     print("\ncoarse model:", coarse)
     settings = RefinedSettings(steps=args.refined_steps, lr=args.lr, prompts=args.prompts, keep=args.keep,
-                               coarse_attention=args.coarse_attention)
+                               augment=args.augment, coarse_attention=args.coarse_attention)
     refined = finetune(args.work / "data", args.work / "refined", coarse, settings, device,
                        Progress("bar", {"train": 1}), init=init)
     print("\nrefined model:", refined)

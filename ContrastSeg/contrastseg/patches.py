@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .augment import jitter_intensity
 from .hints import prompt_attention
 
 
@@ -56,7 +57,7 @@ def perturb_mask(mask: np.ndarray, rng: np.random.Generator, max_radius: int = 3
 
 def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ: int, rng: np.random.Generator,
                  size: int = 128, perturb: bool = True, attention_map: np.ndarray | None = None,
-                 prompt_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 prompt_mm: float | None = None, augment: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One training patch for `organ`: input (2, size, size) = (image, attention), target (size, size) in {0,1}.
 
     The centre is a random voxel of `index`'s organ, so every patch holds some of it (METHODS §1.3). Without
@@ -64,15 +65,27 @@ def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ
     network's label map on the same grid, the loop's refined training) `index` indexes that map, the
     attention is its organ mask as at inference, and the target may be empty (a coarse false positive).
     With `prompt_mm` (the grid's pixel size) the attention is prompt-like instead (`hints.prompt_attention`).
+    With `augment` the window is taken at a random scale (0.8-1.25 of `size`, resized back: organs and hints
+    appear larger or smaller) and the image's intensities are jittered (`augment.jitter_intensity`), so a
+    network trained on a few CTs meets other scanners' sizes and contrasts.
     """
     z, cy, cx = index.coords[organ][rng.integers(len(index.coords[organ]))]
-    truth = crop2d(labels[z] == organ, cy, cx, size, False)
+    window = max(16, int(round(size * rng.uniform(0.8, 1.25)))) if augment else size
+    truth = crop2d(labels[z] == organ, cy, cx, window, False)
     if prompt_mm is not None:
         nz = int(np.clip(z + (1 if rng.random() < 0.5 else -1), 0, len(labels) - 1))
-        attention = prompt_attention(truth, crop2d(labels[nz] == organ, cy, cx, size, False), organ, prompt_mm, rng)
+        attention = prompt_attention(truth, crop2d(labels[nz] == organ, cy, cx, window, False), organ, prompt_mm, rng)
     elif attention_map is not None:
-        attention = crop2d(attention_map[z] == organ, cy, cx, size, False)
+        attention = crop2d(attention_map[z] == organ, cy, cx, window, False)
     else:
         attention = perturb_mask(truth, rng) if perturb else truth
-    img = crop2d(image[z], cy, cx, size, 0.0)
-    return np.stack([img, attention.astype(np.float32)]), truth.astype(np.float32)
+    img = crop2d(image[z], cy, cx, window, 0.0)
+    attention = attention.astype(np.float32)
+    if augment:
+        img = jitter_intensity(img, crop2d(labels[z], cy, cx, window, 0), float(image[z].max()), rng)
+        if window != size:
+            factor = size / window
+            img = ndimage.zoom(img, factor, order=1, grid_mode=True, mode="nearest")
+            attention = ndimage.zoom(attention, factor, order=0, grid_mode=True, mode="nearest")
+            truth = ndimage.zoom(truth, factor, order=0, grid_mode=True, mode="nearest")
+    return np.stack([img, attention]), truth.astype(np.float32)

@@ -69,6 +69,8 @@ def register(sub) -> None:
     p.add_argument("--keep", type=float, default=RefinedSettings.keep,
                    help="weight of distillation toward the --init network on the patches without prompts (with "
                         "--prompts: learn clicks without changing the answer to a coarse mask)")
+    p.add_argument("--augment", action="store_true",
+                   help="random scale (0.8-1.25) and intensity jitter of each patch, for CTs of other scanners")
     p.add_argument("--replay", type=float, default=RefinedSettings.replay, help="share of patches from the base's training cases")
     p.add_argument("--organs", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +117,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                                skip=not args.no_skip, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
                                freeze_encoder=args.freeze_encoder, organs=_organs(args.organs),
                                coarse_attention=args.coarse_attention, replay=args.replay,
-                               prompts=args.prompts, keep=args.keep)
+                               prompts=args.prompts, keep=args.keep, augment=args.augment)
     if settings.keep > 0 and args.init is None:
         raise ContrastSegError("--keep distils toward the starting network: give it with --init")
     device, progress = runtime(args, {"train": 1.0})

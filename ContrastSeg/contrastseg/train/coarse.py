@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..augment import jitter_intensity
 from ..dataset import PreparedCase, entries, prepare_case
 from ..errors import ContrastSegError
 from ..models.files import build_coarse, load_model, read_card, save_stage, write_card
@@ -37,9 +38,8 @@ def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction:
     """A random crop, centred on a random organ voxel with probability `fg_fraction`.
 
     With only a few training CTs the model must not learn one scanner's sizes and contrast: the crop is
-    taken at a random scale (0.8-1.25, resized back, so organs appear larger or smaller), half the crops get
-    a random per-organ intensity shift (other contrast phases: e.g. kidneys enhanced up to the window's top),
-    and all get a random gamma (0.6-1.6), contrast, offset and noise.
+    taken at a random scale (0.8-1.25, resized back, so organs appear larger or smaller) and its intensities
+    jittered (`augment.jitter_intensity`).
     """
     shape = np.array(case.image.shape)
     if len(fg_coords) and rng.random() < fg_fraction:
@@ -55,13 +55,7 @@ def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction:
         img = F.interpolate(torch.from_numpy(img)[None, None], size=tuple(size), mode="trilinear", align_corners=False)[0, 0].numpy()
         lab = F.interpolate(torch.from_numpy(lab)[None, None].float(), size=tuple(size), mode="nearest")[0, 0].numpy().astype(np.uint8)
     if augment:
-        top = float(case.image.max())  # the window's upper end (250 HU) after scaling: enhancement saturates there
-        if rng.random() < 0.5:  # contrast phases differ per organ: brighten or darken each organ on its own
-            for organ in np.unique(lab[lab > 0]):
-                mask = lab == organ
-                img[mask] = np.clip(img[mask] + rng.uniform(-0.15, 0.35), 0, top)
-        img = np.clip(img, 0, None) ** rng.uniform(0.6, 1.6)
-        img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08) + rng.normal(0, 0.02, size=img.shape)
+        img = jitter_intensity(img, lab, float(case.image.max()), rng)
     return img.astype(np.float32), lab
 
 

@@ -181,11 +181,12 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
         src = options[rng.integers(len(options))]
         if settings.prompts > 0 and rng.random() < settings.prompts:  # no draw at 0: the same stream as before
             return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
-                                  prompt_mm=settings.inplane_spacing), True)
+                                  prompt_mm=settings.inplane_spacing, augment=settings.augment), True)
         if src.attention_index is not None and organ in src.attention_index.coords and rng.random() < settings.coarse_attention:
             return (*sample_patch(src.case.image, src.case.labels, src.attention_index, organ, rng, settings.patch,
-                                  attention_map=src.attention), False)
-        return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch), False)
+                                  attention_map=src.attention, augment=settings.augment), False)
+        return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
+                              augment=settings.augment), False)
 
     user_ok = [s for s in user if s.truth.coords]
     replay_ok = [s for s in replay if s.truth.coords]

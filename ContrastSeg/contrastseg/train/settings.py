@@ -44,6 +44,7 @@ class RefinedSettings:
     #                                perturbed truth); only when the base model's coarse network is at hand
     replay: float = 1 / 3
     prompts: float = 0.0  # share of patches whose attention is prompt-like (hints.prompt_attention), drawn first
+    augment: bool = False  # random scale and intensity jitter of each patch (patches.sample_patch)
     keep: float = 0.0  # weight of distillation toward the starting network on the patches without prompts, so
     #                    learning prompts does not change how it answers a coarse mask (0: off)
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
