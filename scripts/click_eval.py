@@ -81,7 +81,8 @@ def main() -> None:
                     continue
                 current = work / f"{case}.nii"
                 pred = sitk.GetArrayFromImage(sitk.ReadImage(str(current))) == organ
-                scores, noc = [dice(pred, truth[organ])], None
+                scores = [dice(pred, truth[organ])]
+                noc = 0 if scores[0] >= 0.85 else None  # NoC@85: clicks until Dice >= 0.85; 0 if it starts there
                 points_pos, points_neg = [], []
                 for k in range(1, args.clicks + 1):
                     click = next_click(pred, truth[organ], spacing)
@@ -100,8 +101,6 @@ def main() -> None:
                     scores.append(dice(pred, truth[organ]))
                     if noc is None and scores[-1] >= 0.85:
                         noc = k
-                if noc is None and scores[0] >= 0.85:
-                    noc = 0
                 rows.append((case, BY_ID[organ].key, scores, noc))
                 print(f"{case} {BY_ID[organ].key}: " + " -> ".join(f"{s:.3f}" for s in scores), flush=True)
             client.request("close", ct=ct["ct"])

@@ -45,6 +45,7 @@ def main() -> None:
                     help="share of refined patches with prompt-like attention (clicks, boxes, strokes, previous slice)")
     ap.add_argument("--keep", type=float, default=RefinedSettings.keep,
                     help="with --refined-from: distillation toward its refined network on the patches without prompts")
+    ap.add_argument("--seed", type=int, default=0, help="the refined network's training seed")
     ap.add_argument("--augment", action="store_true", help="random scale and intensity jitter of the refined patches")
     ap.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention)
     args = ap.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
                               device, Progress("bar", {"train": 1}))
     print("\ncoarse model:", coarse)
     settings = RefinedSettings(steps=args.refined_steps, lr=args.lr, prompts=args.prompts, keep=args.keep,
-                               augment=args.augment, coarse_attention=args.coarse_attention)
+                               augment=args.augment, seed=args.seed, coarse_attention=args.coarse_attention)
     refined = finetune(args.work / "data", args.work / "refined", coarse, settings, device,
                        Progress("bar", {"train": 1}), init=init)
     print("\nrefined model:", refined)

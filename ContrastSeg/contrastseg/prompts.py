@@ -205,14 +205,19 @@ def _components_at(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return np.isin(cc, keep) if len(keep) else np.zeros_like(mask)
 
 
-def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prompts) -> np.ndarray:
+def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prompts, under_balls: np.ndarray) -> np.ndarray:
     """A negative click removes the connected component it lands in (a false-positive blob gone with one
     click), unless that component is the organ itself: one holding a positive point, a box's centre or a
     stroke, or the largest when there is none. There the click's ball is all it removes (METHODS §10):
     removing the component deleted a whole kidney, aorta or IVC whose mask merely leaked (TS example_ct: left
     kidney 0.904 -> 0.285 Dice after one negative click).
+
+    `under_balls`: the organ's voxels the negative points' balls took away. The components are found with
+    them put back, since the clicked voxel itself went with its ball (without them a click found no
+    component, and only its ball was removed: a false right-kidney component of 72 658 voxels on IRCAD lost
+    only the 13 815 of the ball).
     """
-    cc, n = ndimage.label(pred)
+    cc, n = ndimage.label(pred | under_balls)
     if not n:
         return pred
     protected = set(np.unique(cc[_anchors(grid, prompts)]).tolist()) - {0}
@@ -245,18 +250,20 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         raise ContrastSegError("give at least one positive point, a box or a stroke (or a negative point on the organ)")
     labels = sitk.GetArrayFromImage(current)
     if prompts.empty():  # negative points only: take away, on the CT's own grid; nothing is re-segmented
-        on_ct = labels == organ
+        organ_before = labels == organ
         radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
+        on_ct = organ_before.copy()
         for p in prompts.negative:
             on_ct &= ~_ball(on_ct.shape, _index(current, p, "negative point"), radius, current.GetSpacing())
-        on_ct = _remove_clicked_components(on_ct, current, prompts)
+        on_ct = _remove_clicked_components(on_ct, current, prompts, organ_before & ~on_ct)
     else:
         fine = fine if fine is not None else refined_grid(image, model)
         organ_now = labels_to_grid((labels == organ).astype(np.uint8), current, fine.grid) > 0
         hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now, model.card["refined"].get("prompt_value", 1.0))
         spacing = fine.grid.GetSpacing()
         typical_px = typical_area_mm2(organ) / (spacing[0] * spacing[1])
-        pred = refine_mask(model.refined.to(device).eval(), fine.array, hints, device, typical_px=typical_px) & ~excluded
+        raw = refine_mask(model.refined.to(device).eval(), fine.array, hints, device, typical_px=typical_px)
+        pred = raw & ~excluded
         # a positive hint adds the organ where it points: the predicted components that hold a hint, beside
         # the current segment; the rest of the re-prediction is not taken (a click elsewhere must not redraw
         # parts of the organ it did not point at)
@@ -264,7 +271,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         if prompts.use_current:
             pred |= organ_now & ~excluded
         if prompts.negative:
-            pred = _remove_clicked_components(pred, fine.grid, prompts)
+            pred = _remove_clicked_components(pred, fine.grid, prompts, (raw | organ_now) & excluded)
         on_ct = labels_to_grid(pred.astype(np.uint8), fine.grid, current) > 0
     out = labels.copy()
     out[out == organ] = 0

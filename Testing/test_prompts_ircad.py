@@ -1,0 +1,95 @@
+"""One click on an organ of an unseen CT (issue 9's test): `contrastseg refine-organ` on IRCAD patient 1 (manual
+masks, never trained on), starting from the default model's own segmentation, with the click where
+scripts/click_eval.py puts it (the innermost voxel of the largest error, METHODS §10).
+
+- a positive click in the missed part of a kidney the coarse stage found only in part adds the organ, above a
+  floor measured with the bundled model, and every other organ keeps its voxels;
+- a negative click in a false-positive component (one that touches no true voxel) removes all of it.
+
+Files in tmp_path only: the IRCAD licence forbids keeping conversions of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from contrastseg.cli import main
+from realdata import IRCAD, needs_default_model, needs_ircad
+
+pytestmark = [needs_ircad, needs_default_model()]
+CT = IRCAD / "PATIENT_DICOM"
+LEFT_KIDNEY, RIGHT_KIDNEY = 3, 2
+CLICK_FLOOR = 0.70  # left kidney after one click; measured 0.736 from 0.585 (2026-12-01, default model v0.2, 2 threads)
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """(the default model's segmentation of IRCAD patient 1 as a file and an array, the manual masks)."""
+    from contrastseg.io import read_image
+    from contrastseg.metrics import load_truth
+
+    folder = tmp_path_factory.mktemp("ircad")
+    path = folder / "segmentation.nii"
+    assert main(["segment", str(CT), "-o", str(path), "--threads", "2", "--progress", "none"]) == 0
+    image = read_image(CT)
+    return path, sitk.GetArrayFromImage(sitk.ReadImage(str(path))), load_truth(IRCAD / "MASKS_DICOM.zip", image)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _innermost(region: np.ndarray, spacing_zyx) -> tuple[int, int, int]:
+    """(z, y, x) of the voxel of `region` farthest from its boundary, in mm."""
+    dist = ndimage.distance_transform_edt(region, sampling=spacing_zyx)
+    return tuple(int(v) for v in np.unravel_index(dist.argmax(), dist.shape))
+
+
+def _refine(tmp_path, labels, *prompt) -> np.ndarray:
+    out = tmp_path / "refined.nii"
+    assert main(["refine-organ", str(CT), "--labels", str(labels), "-o", str(out), *prompt, "--threads", "2",
+                 "--progress", "none"]) == 0
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+
+
+def _spacing(path) -> tuple[float, float, float]:
+    return tuple(reversed(sitk.ReadImage(str(path)).GetSpacing()))
+
+
+def test_one_click_in_the_missed_part_of_a_kidney_adds_it(tmp_path, start):
+    path, before, truth = start
+    kidney = truth[LEFT_KIDNEY]
+    missed, n = ndimage.label(kidney & (before != LEFT_KIDNEY))
+    largest = missed == np.bincount(missed.ravel())[1:].argmax() + 1
+    z, y, x = _innermost(largest, _spacing(path))
+    after = _refine(tmp_path, path, "--organ", "left_kidney", "--point-ijk", f"{x},{y},{z}")
+    dice_before, dice_after = _dice(before == LEFT_KIDNEY, kidney), _dice(after == LEFT_KIDNEY, kidney)
+    print(f"left kidney: Dice {dice_before:.3f} -> {dice_after:.3f} after one click")
+    assert dice_after > CLICK_FLOOR and dice_after > dice_before + 0.1, (dice_before, dice_after)
+    others = (before != LEFT_KIDNEY) & (before != 0)
+    assert np.array_equal(after[others], before[others])  # no other organ lost or gained a voxel
+
+
+def test_a_negative_click_removes_a_false_positive_component(tmp_path, start):
+    path, before, truth = start
+    organ = before == RIGHT_KIDNEY
+    cc, n = ndimage.label(organ)
+    sizes = np.bincount(cc.ravel())
+    # the largest component counts as the organ itself when no positive hint says otherwise: only the ball goes
+    false = [i for i in range(1, n + 1) if i != sizes[1:].argmax() + 1 and not (truth[RIGHT_KIDNEY] & (cc == i)).any()]
+    if not false:
+        pytest.skip("the default model's right kidney has no removable false-positive component on IRCAD patient 1")
+    component = cc == max(false, key=lambda i: sizes[i])
+    z, y, x = _innermost(component, _spacing(path))
+    after = _refine(tmp_path, path, "--organ", "right_kidney", "--neg-point-ijk", f"{x},{y},{z}")
+    assert not (after[component] == RIGHT_KIDNEY).any()  # all of it, not only the click's ball
+    rest = organ & ~component
+    assert (after[rest] == RIGHT_KIDNEY).mean() > 0.95  # the rest stays (less the click's ball where it reaches)
+    dice_before, dice_after = _dice(organ, truth[RIGHT_KIDNEY]), _dice(after == RIGHT_KIDNEY, truth[RIGHT_KIDNEY])
+    print(f"right kidney: a false component of {int(component.sum())} voxels removed, Dice {dice_before:.3f} -> {dice_after:.3f}")
+    assert dice_after > dice_before
+    others = ~organ
+    assert np.array_equal(after[others], before[others])
