@@ -55,8 +55,10 @@ def main() -> None:
         model.card = dict(model.card, coarse=other.card["coarse"],
                           training=dict(model.card.get("training", {}), coarse=record))
     if args.refined_start:
-        record = dict(model.card["training"]["refined"], init=f"{args.refined_start.name}/refined.safetensors",
-                      started_from=read_card(args.refined_start)["training"]["refined"])
+        start = read_card(args.refined_start)
+        record = dict(model.card["training"]["refined"],
+                      init=f"the refined network of model '{start.get('name')}' v{start.get('version')}",
+                      started_from=start["training"]["refined"])
         model.card = dict(model.card, training=dict(model.card["training"], refined=record))
     TARGET.mkdir(parents=True, exist_ok=True)
     card = dict(model.card, name="default", version="0.2.0", notes=NOTES, license="Apache-2.0",

@@ -8,11 +8,19 @@ mapped to BTCV ids): example_ct.nii.gz + example_seg_fast_force_split.nii.gz, an
 
 Then copy work/default/refined/model/* into Resources/Models/default/ (weights stored as fp16).
 
-Training the refined network for prompts (METHODS §10) on the same data, from the shipped weights, keeping
-the coarse network (the README's "Training the refined network for prompts" says which recipes were tried):
+Default model v0.2 continues v0.1's refined network with patch augmentation, keeping its coarse network (keep
+a copy of v0.1 first: packaging overwrites it, and its card is the start record):
 
-    python scripts/train_default_model.py --work work/prompt --refined-from Resources/Models/default \
-        --refined-steps 600 --lr 3e-4 --prompts 0.3 --keep 10 --augment
+    cp -r Resources/Models/default work/default-v0.1
+    python scripts/train_default_model.py --work work/v02 --refined-from work/default-v0.1 \
+        --refined-steps 600 --lr 3e-4 --augment --threads 1
+    python scripts/evaluate_default_model.py --model work/v02/refined/model --out work/eval-v02
+    python scripts/click_eval.py --model work/v02/refined/model --threads 1 > docs/click-eval.md   # then edit its header
+    python scripts/package_default_model.py work/v02/refined/model --refined-start work/default-v0.1 \
+        --eval work/eval-v02 --clicks docs/click-eval.md
+
+Training it for prompts (METHODS §10) adds --prompts 0.3 [--keep 10]; the README's "Training the refined
+network for prompts" says what those recipes measured, and why none is shipped.
 """
 
 from __future__ import annotations

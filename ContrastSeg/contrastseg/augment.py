@@ -3,7 +3,8 @@
 With only a few training CTs a network must not learn one scanner's contrast: each organ may be brightened
 or darkened on its own (other contrast phases: e.g. kidneys enhanced up to the window's top), and the whole
 image gets a random gamma (0.6-1.6), contrast, offset and noise. Images are the preprocessed ones (HU window
-scaled to about [0, 1]); `top` is the window's upper end, where enhancement saturates.
+scaled to about [0, 1]); `top` is where enhancement saturates: the volume's maximum (the window's upper end)
+for a coarse crop, the slice's maximum for a refined patch (cheaper per patch; v0.2 was trained so).
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def _components_at(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prompts, under_balls: np.ndarray) -> np.ndarray:
     """A negative click removes the connected component it lands in (a false-positive blob gone with one
     click), unless that component is the organ itself: one holding a positive point, a box's centre or a
-    stroke, or the largest when there is none. There the click's ball is all it removes (METHODS §10):
+    stroke, and the largest. There the click's ball is all it removes (METHODS §10):
     removing the component deleted a whole kidney, aorta or IVC whose mask merely leaked (TS example_ct: left
     kidney 0.904 -> 0.285 Dice after one negative click).
 
@@ -220,9 +220,9 @@ def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prom
     cc, n = ndimage.label(pred | under_balls)
     if not n:
         return pred
-    protected = set(np.unique(cc[_anchors(grid, prompts)]).tolist()) - {0}
-    if not protected:
-        protected = {int(np.argmax(np.bincount(cc.ravel())[1:])) + 1}
+    # the largest always counts as the organ: a positive click in a missed, unconnected piece must not let a
+    # negative click on a leak of the organ's body delete the body
+    protected = (set(np.unique(cc[_anchors(grid, prompts)]).tolist()) - {0}) | {int(np.argmax(np.bincount(cc.ravel())[1:])) + 1}
     for p in prompts.negative:
         z, y, x = _index(grid, p, "negative point")
         if cc[z, y, x] and int(cc[z, y, x]) not in protected:
@@ -271,7 +271,8 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         if prompts.use_current:
             pred |= organ_now & ~excluded
         if prompts.negative:
-            pred = _remove_clicked_components(pred, fine.grid, prompts, (raw | organ_now) & excluded)
+            before_balls = _components_at(raw, _anchors(fine.grid, prompts)) | (organ_now if prompts.use_current else False)
+            pred = _remove_clicked_components(pred, fine.grid, prompts, before_balls & excluded)
         on_ct = labels_to_grid(pred.astype(np.uint8), fine.grid, current) > 0
     out = labels.copy()
     out[out == organ] = 0
