@@ -6,7 +6,9 @@ scripts/click_eval.py puts it (the innermost voxel of the largest error, METHODS
   floor measured with the bundled model, and every other organ keeps its voxels;
 - a negative click in a false-positive component (one that touches no true voxel) removes all of it.
 
-Files in tmp_path only: the IRCAD licence forbids keeping conversions of it.
+The CT and its masks are read in place from ../shared/data; what the test writes (segmentations of the CT)
+goes to pytest's temporary folders and is deleted once read, since the IRCAD licence forbids keeping copies
+or conversions of it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ CLICK_FLOOR = 0.70  # left kidney after one click; measured 0.736 from 0.585 (20
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    """(the default model's segmentation of IRCAD patient 1 as a file and an array, the manual masks)."""
+    """(the default model's segmentation of IRCAD patient 1 as a file and an array, the manual masks); the file
+    is deleted after the module's tests."""
+    import shutil
+
     from contrastseg.io import read_image
     from contrastseg.metrics import load_truth
 
@@ -35,7 +40,8 @@ def start(tmp_path_factory):
     path = folder / "segmentation.nii"
     assert main(["segment", str(CT), "-o", str(path), "--threads", "2", "--progress", "none"]) == 0
     image = read_image(CT)
-    return path, sitk.GetArrayFromImage(sitk.ReadImage(str(path))), load_truth(IRCAD / "MASKS_DICOM.zip", image)
+    yield path, sitk.GetArrayFromImage(sitk.ReadImage(str(path))), load_truth(IRCAD / "MASKS_DICOM.zip", image)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,7 +58,9 @@ def _refine(tmp_path, labels, *prompt) -> np.ndarray:
     out = tmp_path / "refined.nii"
     assert main(["refine-organ", str(CT), "--labels", str(labels), "-o", str(out), *prompt, "--threads", "2",
                  "--progress", "none"]) == 0
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    out.unlink()
+    return labels
 
 
 def _spacing(path) -> tuple[float, float, float]:

@@ -205,10 +205,11 @@ def _components_at(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return np.isin(cc, keep) if len(keep) else np.zeros_like(mask)
 
 
-def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prompts, under_balls: np.ndarray) -> np.ndarray:
+def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prompts, anchors: np.ndarray,
+                               under_balls: np.ndarray) -> np.ndarray:
     """A negative click removes the connected component it lands in (a false-positive blob gone with one
-    click), unless that component is the organ itself: one holding a positive point, a box's centre or a
-    stroke, and the largest. There the click's ball is all it removes (METHODS §10):
+    click), unless that component is the organ itself: one holding an anchor (`_anchors`: a positive point,
+    a box's centre, a stroke), and the largest. There the click's ball is all it removes (METHODS §10):
     removing the component deleted a whole kidney, aorta or IVC whose mask merely leaked (TS example_ct: left
     kidney 0.904 -> 0.285 Dice after one negative click).
 
@@ -222,7 +223,7 @@ def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prom
         return pred
     # the largest always counts as the organ: a positive click in a missed, unconnected piece must not let a
     # negative click on a leak of the organ's body delete the body
-    protected = (set(np.unique(cc[_anchors(grid, prompts)]).tolist()) - {0}) | {int(np.argmax(np.bincount(cc.ravel())[1:])) + 1}
+    protected = (set(np.unique(cc[anchors]).tolist()) - {0}) | {int(np.argmax(np.bincount(cc.ravel())[1:])) + 1}
     for p in prompts.negative:
         z, y, x = _index(grid, p, "negative point")
         if cc[z, y, x] and int(cc[z, y, x]) not in protected:
@@ -255,7 +256,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         on_ct = organ_before.copy()
         for p in prompts.negative:
             on_ct &= ~_ball(on_ct.shape, _index(current, p, "negative point"), radius, current.GetSpacing())
-        on_ct = _remove_clicked_components(on_ct, current, prompts, organ_before & ~on_ct)
+        on_ct = _remove_clicked_components(on_ct, current, prompts, np.zeros_like(on_ct), organ_before & ~on_ct)
     else:
         fine = fine if fine is not None else refined_grid(image, model)
         organ_now = labels_to_grid((labels == organ).astype(np.uint8), current, fine.grid) > 0
@@ -267,12 +268,13 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         # a positive hint adds the organ where it points: the predicted components that hold a hint, beside
         # the current segment; the rest of the re-prediction is not taken (a click elsewhere must not redraw
         # parts of the organ it did not point at)
-        pred = _components_at(pred, _anchors(fine.grid, prompts))
+        anchors = _anchors(fine.grid, prompts)  # once: a stroke is resampled onto the grid for it
+        pred = _components_at(pred, anchors)
         if prompts.use_current:
             pred |= organ_now & ~excluded
         if prompts.negative:
-            before_balls = _components_at(raw, _anchors(fine.grid, prompts)) | (organ_now if prompts.use_current else False)
-            pred = _remove_clicked_components(pred, fine.grid, prompts, before_balls & excluded)
+            before_balls = _components_at(raw, anchors) | (organ_now if prompts.use_current else False)
+            pred = _remove_clicked_components(pred, fine.grid, prompts, anchors, before_balls & excluded)
         on_ct = labels_to_grid(pred.astype(np.uint8), fine.grid, current) > 0
     out = labels.copy()
     out[out == organ] = 0
