@@ -65,6 +65,15 @@ def test_a_negative_click_on_the_organ_itself_trims_it_and_never_deletes_it(tmp_
     z, y, x = np.argwhere(liver & ~inner)[len(np.argwhere(liver & ~inner)) // 3]  # a voxel on the liver's edge
     out = _refine(tmp_path, CT, path, "trim", "--organ", "liver", "--neg-point-ijk", f"{x},{y},{z}")
     assert out[z, y, x] != 6 and np.sum(out == 6) > 0.8 * np.sum(liver)
+    # the ball fits where the click lands: on the edge it trims a little (the 36 mm ball of a liver click
+    # took a half-ball of liver behind the edge); in the middle of the liver it is the full ball
+    edge = int(np.sum(liver & (out != 6)))
+    dist = ndimage.distance_transform_edt(liver)
+    cz, cy, cx = np.unravel_index(dist.argmax(), dist.shape)
+    middle = _refine(tmp_path, CT, path, "middle", "--organ", "liver", "--neg-point-ijk", f"{cx},{cy},{cz}")
+    deep = int(np.sum(liver & (middle != 6)))
+    print(f"\nliver voxels removed by one negative click: on its edge {edge}, in its middle {deep} (of {int(liver.sum())})")
+    assert 0 < edge < 0.01 * np.sum(liver) and deep > 10 * edge
 
 
 def test_ras_and_ijk_points_agree_on_a_flipped_copy(tmp_path, current):

@@ -20,7 +20,7 @@ for _sub in ("ContrastSegTraining", "ContrastSeg"):
 import SimpleITK as sitk  # noqa: E402
 
 from ContrastSegLib import nodes  # noqa: E402
-from ContrastSegLib.correct import CorrectionLogic, edits  # noqa: E402
+from ContrastSegLib.correct import CorrectionLogic, change_message, edits  # noqa: E402
 from contrastseg.errors import ContrastSegError  # noqa: E402
 from contrastseg.io import read_image, read_labels, write_labels  # noqa: E402
 from contrastseg.organs import TOTALSEGMENTATOR_TO_BTCV  # noqa: E402
@@ -79,6 +79,17 @@ def test_markups_points_update_one_segment_and_record_the_edit(slicer_app, logic
     assert found.sum() > 50 and found[z, y, x]  # the clicked kidney is there now
     assert change["organ"] == "right_kidney" and change["added"] > 0 and change["positive"] == 1
     assert edits(segmentation) == [change]  # recorded on the node
+    assert change_message("Right kidney", change).startswith(f"Right kidney: +{change['added']} / -0 voxels")
+    # a point in the middle of the kidney's segment now: nothing new to add there, and the status says why
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(found)
+    iz, iy, ix = np.unravel_index(depth.argmax(), depth.shape)
+    points.SetNthControlPointPosition(0, *m.MultiplyPoint([float(ix), float(iy), float(iz), 1.0])[:3])
+    again = logic.refine(volume, segmentation, "right_kidney", positive=points)
+    assert again["added"] == again["removed"] == 0 and np.array_equal(nodes.labelmap_array(segmentation, volume), after)
+    assert "nothing changed" in change_message("Right kidney", again)
+    assert edits(segmentation) == [change]  # and it is no edit
 
     from ContrastSegTraining import ContrastSegTrainingLogic  # the export stores the edits as provenance
 

@@ -1,6 +1,10 @@
 """Copy a trained model into Resources/Models/default with fp16 weights and the card's validation numbers.
 
     python scripts/package_default_model.py work/default/refined/model --eval work/eval --clicks docs/click-eval.md
+    python scripts/package_default_model.py --clicks docs/click-eval.md    # only the shipped card's click table
+
+The second form is for a change of the prompt rules (prompts.py), which changes the clicks' numbers and not
+the weights: the weights files are left as they are.
 
 fp16 halves the files (the networks run in fp32: loading casts back). The card gains the per-organ
 numbers written by scripts/evaluate_default_model.py (case0 = IRCAD manual masks; the others agreement
@@ -34,7 +38,7 @@ NOTES = ("Refined stem 'stride2' (7x7 stride 2, no max-pool, output stride 16) w
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
+    ap.add_argument("model", type=Path, nargs="?", default=None, help="the trained model (omitted: --clicks only)")
     ap.add_argument("--eval", type=Path, default=None, help="folder of case*-{coarse,refined}.json from the evaluation")
     ap.add_argument("--coarse", type=Path, default=None,
                     help="take the coarse network (and its training record) from this model instead")
@@ -45,6 +49,14 @@ def main() -> None:
                          "its training record is kept in the card")
     ap.add_argument("--clicks", type=Path, default=None, help="scripts/click_eval.py's Markdown table (e.g. docs/click-eval.md)")
     args = ap.parse_args()
+    if args.model is None:
+        if not args.clicks or args.eval or args.coarse or args.refined_start:
+            ap.error("without a model, give --clicks only (it updates the shipped card's click table)")
+        card = read_card(TARGET)
+        card.setdefault("validation", {})["clicks"] = click_table(args.clicks)
+        write_card(TARGET, card)
+        print(f"updated the click table of {TARGET / 'card.json'}")
+        return
     model = load_model(args.model)
     if args.coarse:
         other = load_model(args.coarse, ("coarse",))

@@ -137,14 +137,14 @@ class CorrectionLogic:
             raise
         if not answer["ok"]:
             raise ContrastSegError(answer["error"])
-        after = _read_array(output)
-        self._update_segment(segmentation_node, volume_node, organ_id, after == organ_id)
-        if hint is not None:
-            segmentation_node.GetSegmentation().RemoveSegment(hint)
         change = dict(answer["change"], positive=len(pos), negative=len(neg), box=bool(box_ras),
                       stroke=int(stroke.sum()) if stroke is not None else 0, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        log = edits(segmentation_node) + [change]
-        segmentation_node.SetAttribute(EDITS_ATTRIBUTE, json.dumps(log))
+        if change["added"] or change["removed"]:  # a correction that changed nothing is not an edit
+            after = _read_array(output)
+            self._update_segment(segmentation_node, volume_node, organ_id, after == organ_id)
+            segmentation_node.SetAttribute(EDITS_ATTRIBUTE, json.dumps(edits(segmentation_node) + [change]))
+        if hint is not None:
+            segmentation_node.GetSegmentation().RemoveSegment(hint)
         return change
 
     @staticmethod
@@ -162,6 +162,15 @@ class CorrectionLogic:
     def cleanup(self) -> None:
         """Remove this Logic's files; the worker is the session's (worker.shutdown_shared_worker stops it)."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def change_message(organ_name: str, change: dict) -> str:
+    """The status line after a correction. It says why nothing changed, since that surprises: a positive point
+    adds only the part of the organ that is new and connected to it, so one inside the segment adds nothing."""
+    if not change["added"] and not change["removed"]:
+        return (f"{organ_name}: nothing changed. An Inside point on the organ's segment adds nothing: place it where "
+                "the organ is missing, and Not-this-organ points on what is wrong.")
+    return f"{organ_name}: +{change['added']} / -{change['removed']} voxels in {change['seconds']:.1f} s."
 
 
 def _read_array(path: Path) -> np.ndarray:

@@ -82,7 +82,7 @@ class HintsSection:
             self.correction.cleanup()
 
     def onClickApply(self) -> None:
-        from .correct import CorrectionLogic
+        from .correct import CorrectionLogic, change_message
         from .parameter import engine_device
 
         volume = self.panel.params.inputVolume if self.panel.params is not None else None
@@ -101,8 +101,7 @@ class HintsSection:
         with slicer.util.tryWithErrorDisplay("Could not update the organ.", waitCursor=True):
             change = self.correction.refine(volume, segmentation, organ, positive, negative, box,
                                             model=settings.model or None)
-            self.ui.clickStatusLabel.setText(f"{self.ui.clickOrganComboBox.currentText}: +{change['added']} / "
-                                             f"-{change['removed']} voxels in {change['seconds']:.1f} s.")
+            self.ui.clickStatusLabel.setText(change_message(self.ui.clickOrganComboBox.currentText, change))
             self.restoreOverwriteMode()
             for node in (positive, negative, box):  # the hints are used: the next correction starts clean
                 if node is not None:

@@ -2,14 +2,16 @@
 channel, and one organ is re-segmented in 3D while every other organ stays exactly as it was.
 
 Hints live on the refined grid (the CT in canonical RAS order, 1.5 mm in-plane, slices kept):
-- positive point: a disc of 60 % of the organ's typical in-plane radius on the point's slice and on the
-  neighbouring slices within that radius (a ball, cut into slices);
+- positive point: a disc of up to 60 % of the organ's typical in-plane radius on the point's slice and on the
+  neighbouring slices within that radius (a ball, cut into slices); every ball is fitted to where its click
+  lands (`_fitted_ball`);
 - negative point: that ball is removed from the attention and the result (where it overlaps a positive
   point's ball, the nearer point decides), and so is the connected component
   that holds the point, unless it is the organ itself (it holds a positive hint, or is the largest): a
   false-positive blob gone with one click, a leaking organ trimmed, never deleted;
 - box: the inscribed ellipse on each slice the box spans; stroke or paint: its voxels, dilated 2 pixels;
-- the organ's current segment: the starting attention.
+- the organ's current segment: the starting attention; a positive hint adds only the part of the
+  re-prediction that is new and connected to it.
 Slices without a hint get attention by propagation: the prediction on the neighbouring slice, dilated 3
 pixels, slice after slice in both directions until the prediction is empty.
 """
@@ -33,6 +35,7 @@ from .hints import (CLICK_FRACTION, LEAK_SLACK, LEAK_WIDENING, MAX_AREA, NARROWE
                     STROKE_DILATION, TYPICAL_RADIUS_MM, ellipse_in_box, typical_area_mm2)
 
 MARGIN = 16  # pixels around the attention box, as at inference
+MIN_BALL_MM = 4.0  # the smallest click ball (a click on a rim of a pixel or two)
 
 
 @dataclass
@@ -87,6 +90,38 @@ def _ball(shape, centre: np.ndarray, radius_mm: float, spacing_xyz) -> np.ndarra
     return out
 
 
+def _fitted_ball(inside: np.ndarray, centre: np.ndarray, radius_mm: float, spacing_xyz) -> np.ndarray:
+    """A click's ball, sized to where it lands: twice the point's depth in `inside` (its distance to the nearest
+    voxel outside), between MIN_BALL_MM and `radius_mm` (the organ's full click radius); a point outside
+    `inside` gets the full radius. For a negative point `inside` is the organ's segment; for a positive one, all
+    but the segment. A click on a rim or a thin leak then takes about the rim, not a ball of the organ behind it
+    (IRCAD spleen: one negative click on its largest wrong part took 12 300 spleen voxels and 6 200 wrong ones),
+    and a click in a thin missed strip beside the segment adds about the strip (TS stomach: one positive click
+    added 3 400 wrong voxels and 27 right ones); a click far from the segment, or with none, keeps the full ball.
+    The user clicks in the middle of what is wrong, so twice its distance to the edge is about its width."""
+    depth = _depth(inside, centre, radius_mm / 2, spacing_xyz)
+    radius = radius_mm if depth == 0 else float(np.clip(2 * depth, MIN_BALL_MM, radius_mm))
+    return _ball(inside.shape, centre, radius, spacing_xyz)
+
+
+def _depth(mask: np.ndarray, centre: np.ndarray, reach_mm: float, spacing_xyz) -> float:
+    """The distance (mm) from the voxel `centre` of `mask` to the nearest voxel outside it, up to about
+    `reach_mm` (a window that far around the voxel, no distance map of the whole CT); 0 outside `mask`. The
+    CT's own edge is not an edge of `mask`: the window is continued past it by its last slice (a click near
+    the end of the scan got a small ball)."""
+    if not mask[tuple(centre)]:
+        return 0.0
+    spacing_zyx = tuple(reversed(spacing_xyz))
+    half = [int(np.ceil(reach_mm / s)) + 1 for s in spacing_zyx]
+    lo = [max(0, int(c) - h) for c, h in zip(centre, half)]
+    hi = [min(n, int(c) + h + 1) for c, h, n in zip(centre, half, mask.shape)]
+    window = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    past_edge = [(h - (int(c) - a), h - (b - 1 - int(c))) for c, h, a, b in zip(centre, half, lo, hi)]
+    window = np.pad(np.pad(window, past_edge, mode="edge"), 1)  # beyond the window counts as outside
+    depth = ndimage.distance_transform_edt(window, sampling=spacing_zyx)
+    return float(depth[tuple(h + 1 for h in half)])
+
+
 def _ellipse(shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     out[lo[0]: hi[0] + 1] = ellipse_in_box(shape[1:], lo[1], lo[2], hi[1], hi[2])
@@ -103,9 +138,10 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     shape = tuple(reversed(grid.GetSize()))
     spacing = grid.GetSpacing()
     radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
+    segment = current if current is not None and prompts.use_current else np.zeros(shape, dtype=bool)
     hints = np.zeros(shape, dtype=bool)
     for p in prompts.positive:
-        hints |= _ball(shape, _index(grid, p, "positive point"), radius, spacing)
+        hints |= _fitted_ball(~segment, _index(grid, p, "positive point"), radius, spacing)
     for a, b in prompts.boxes:
         ia, ib = _index(grid, a, "box corner"), _index(grid, b, "box corner")
         hints |= _ellipse(shape, np.minimum(ia, ib), np.maximum(ia, ib))
@@ -117,7 +153,7 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     attention = hints.astype(np.float32) * np.float32(hint_value)
     excluded = np.zeros(shape, dtype=bool)
     for p in prompts.negative:
-        excluded |= _ball(shape, _index(grid, p, "negative point"), radius, spacing)
+        excluded |= _fitted_ball(segment, _index(grid, p, "negative point"), radius, spacing)
     excluded = _nearer_negative(grid, prompts, excluded)
     attention[excluded] = 0.0
     return attention, excluded
@@ -278,7 +314,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
         on_ct = organ_before.copy()
         for p in prompts.negative:
-            on_ct &= ~_ball(on_ct.shape, _index(current, p, "negative point"), radius, current.GetSpacing())
+            on_ct &= ~_fitted_ball(organ_before, _index(current, p, "negative point"), radius, current.GetSpacing())
         on_ct = _remove_clicked_components(on_ct, current, prompts, np.zeros_like(on_ct), organ_before & ~on_ct)
     else:
         fine = fine if fine is not None else refined_grid(image, model)

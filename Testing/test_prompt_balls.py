@@ -1,0 +1,59 @@
+"""The geometry of a click's ball (prompts.py): its size fitted to where it lands, and which click decides where
+a positive and a negative ball overlap. Synthetic masks on a small grid, since this is arithmetic on shapes;
+the same rules on real CT are in test_prompts.py and test_prompts_ircad.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from contrastseg.prompts import MIN_BALL_MM, Prompts, _ball, _depth, _fitted_ball, _nearer_negative
+
+SPACING = (1.0, 1.0, 2.0)  # x, y, z mm
+
+
+def block() -> np.ndarray:
+    mask = np.zeros((30, 80, 80), dtype=bool)
+    mask[5:25, 10:70, 10:70] = True
+    return mask
+
+
+def test_depth_is_the_distance_to_the_nearest_voxel_outside():
+    mask = block()
+    assert _depth(mask, np.array([15, 40, 40]), 40.0, SPACING) == 20.0  # 10 slices of 2 mm to z = 4 or 25
+    assert _depth(mask, np.array([15, 11, 40]), 40.0, SPACING) == 2.0
+    assert _depth(mask, np.array([15, 5, 40]), 40.0, SPACING) == 0.0  # outside
+    # only as far as asked: a window of about reach_mm, beyond it counts as outside
+    assert 10.0 <= _depth(mask, np.array([15, 40, 40]), 10.0, SPACING) < 20.0
+
+
+def test_the_end_of_the_scan_is_not_an_edge_of_the_organ():
+    mask = np.ones((6, 40, 40), dtype=bool)  # an organ that runs out of the scan at every side
+    for centre in ([0, 20, 20], [5, 0, 39]):
+        assert _depth(mask, np.array(centre), 10.0, SPACING) >= 10.0
+
+
+def test_a_ball_fits_where_the_click_lands():
+    mask, full = block(), 20.0
+    size = lambda radius, c: int(_ball(mask.shape, np.array(c), radius, SPACING).sum())  # noqa: E731
+    assert _fitted_ball(mask, np.array([15, 40, 40]), full, SPACING).sum() == size(full, [15, 40, 40])  # deep: full
+    assert _fitted_ball(mask, np.array([15, 5, 40]), full, SPACING).sum() == size(full, [15, 5, 40])  # outside: full
+    rim = _fitted_ball(mask, np.array([15, 11, 40]), full, SPACING)  # 2 mm deep: a 4 mm ball, the smallest
+    assert rim.sum() == size(MIN_BALL_MM, [15, 11, 40]) and rim.sum() < size(full, [15, 11, 40]) / 50
+    mid = _fitted_ball(mask, np.array([15, 16, 40]), full, SPACING)  # 7 mm deep: 14 mm
+    assert mid.sum() == size(14.0, [15, 16, 40])
+
+
+def test_where_balls_overlap_the_nearer_click_decides():
+    grid = sitk.Image(80, 80, 30, sitk.sitkUInt8)
+    grid.SetSpacing(SPACING)
+    grid.SetOrigin((-40.0, 12.0, 100.0))
+    shape = (30, 80, 80)
+    positive, negative = np.array([15, 40, 30]), np.array([15, 40, 42])  # 12 mm apart in x, balls of 10 mm
+    world = lambda zyx: grid.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]])  # noqa: E731
+    prompts = Prompts(positive=[world(positive)], negative=[world(negative)])
+    excluded = _ball(shape, negative, 10.0, SPACING)
+    kept = _nearer_negative(grid, prompts, excluded)
+    assert not kept[tuple(positive)] and not kept[15, 40, 35] and kept[15, 40, 37] and kept[tuple(negative)]
+    assert np.array_equal(kept[:, :, 37:], excluded[:, :, 37:])  # the negative side keeps its whole ball
+    assert np.array_equal(_nearer_negative(grid, Prompts(negative=prompts.negative), excluded), excluded)
