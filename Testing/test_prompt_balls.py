@@ -20,7 +20,7 @@ def block() -> np.ndarray:
 
 def test_depth_is_the_distance_to_the_nearest_voxel_outside():
     mask = block()
-    assert _depth(mask, np.array([15, 40, 40]), 40.0, SPACING) == 20.0  # 10 slices of 2 mm to z = 4 or 25
+    assert _depth(mask, np.array([15, 40, 40]), 40.0, SPACING) == 20.0  # 10 slices of 2 mm to z = 25
     assert _depth(mask, np.array([15, 11, 40]), 40.0, SPACING) == 2.0
     assert _depth(mask, np.array([15, 5, 40]), 40.0, SPACING) == 0.0  # outside
     # only as far as asked: a window of about reach_mm, beyond it counts as outside
@@ -45,15 +45,18 @@ def test_a_ball_fits_where_the_click_lands():
 
 
 def test_where_balls_overlap_the_nearer_click_decides():
+    # a flipped grid (LPS direction diag(-1, -1, 1)): the world points are computed through the direction matrix
     grid = sitk.Image(80, 80, 30, sitk.sitkUInt8)
     grid.SetSpacing(SPACING)
-    grid.SetOrigin((-40.0, 12.0, 100.0))
+    grid.SetOrigin((40.0, -12.0, 100.0))
+    grid.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
     shape = (30, 80, 80)
-    positive, negative = np.array([15, 40, 30]), np.array([15, 40, 42])  # 12 mm apart in x, balls of 10 mm
+    positive, negative = np.array([15, 40, 34]), np.array([15, 40, 42])  # 8 mm apart in x, balls of 10 mm
     world = lambda zyx: grid.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]])  # noqa: E731
     prompts = Prompts(positive=[world(positive)], negative=[world(negative)])
     excluded = _ball(shape, negative, 10.0, SPACING)
+    assert excluded[tuple(positive)]  # the positive point lies inside the negative ball
     kept = _nearer_negative(grid, prompts, excluded)
-    assert not kept[tuple(positive)] and not kept[15, 40, 35] and kept[15, 40, 37] and kept[tuple(negative)]
-    assert np.array_equal(kept[:, :, 37:], excluded[:, :, 37:])  # the negative side keeps its whole ball
+    assert not kept[tuple(positive)] and not kept[15, 40, 37] and kept[15, 40, 39] and kept[tuple(negative)]
+    assert np.array_equal(kept[:, :, 39:], excluded[:, :, 39:])  # the negative side keeps its whole ball
     assert np.array_equal(_nearer_negative(grid, Prompts(negative=prompts.negative), excluded), excluded)

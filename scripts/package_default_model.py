@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--clicks", type=Path, default=None, help="scripts/click_eval.py's Markdown table (e.g. docs/click-eval.md)")
     args = ap.parse_args()
     if args.model is None:
-        if not args.clicks or args.eval or args.coarse or args.refined_start:
+        if not args.clicks or args.eval or args.coarse or args.coarse_start or args.refined_start:
             ap.error("without a model, give --clicks only (it updates the shipped card's click table)")
         card = read_card(TARGET)
         card.setdefault("validation", {})["clicks"] = click_table(args.clicks)

@@ -168,8 +168,8 @@ def change_message(organ_name: str, change: dict) -> str:
     """The status line after a correction. It says why nothing changed, since that surprises: a positive point
     adds only the part of the organ that is new and connected to it, so one inside the segment adds nothing."""
     if not change["added"] and not change["removed"]:
-        return (f"{organ_name}: nothing changed. An Inside point on the organ's segment adds nothing: place it where "
-                "the organ is missing, and Not-this-organ points on what is wrong.")
+        return (f"{organ_name}: nothing changed. Inside points well inside the organ's segment add nothing, and the "
+                "organ never takes another organ's voxels: place Inside points where the organ is missing.")
     return f"{organ_name}: +{change['added']} / -{change['removed']} voxels in {change['seconds']:.1f} s."
 
 
