@@ -140,8 +140,9 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
     segment = current if current is not None and prompts.use_current else np.zeros(shape, dtype=bool)
     hints = np.zeros(shape, dtype=bool)
+    outside = ~segment if prompts.positive else None  # once, not per point: a full-size array
     for p in prompts.positive:
-        hints |= _fitted_ball(~segment, _index(grid, p, "positive point"), radius, spacing)
+        hints |= _fitted_ball(outside, _index(grid, p, "positive point"), radius, spacing)
     for a, b in prompts.boxes:
         ia, ib = _index(grid, a, "box corner"), _index(grid, b, "box corner")
         hints |= _ellipse(shape, np.minimum(ia, ib), np.maximum(ia, ib))
