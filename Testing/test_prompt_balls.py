@@ -27,6 +27,13 @@ def test_depth_is_the_distance_to_the_nearest_voxel_outside():
     assert 10.0 <= _depth(mask, np.array([15, 40, 40]), 10.0, SPACING) < 20.0
 
 
+def test_outside_the_distance_to_the_mask():
+    mask = block()
+    assert _depth(mask, np.array([15, 7, 40]), 40.0, SPACING, outside=True) == 3.0  # 3 voxels of 1 mm to y = 10
+    assert _depth(mask, np.array([15, 40, 40]), 40.0, SPACING, outside=True) == 0.0  # inside
+    assert _depth(np.zeros_like(mask), np.array([15, 40, 40]), 10.0, SPACING, outside=True) >= 10.0  # none within reach
+
+
 def test_the_end_of_the_scan_is_not_an_edge_of_the_organ():
     mask = np.ones((6, 40, 40), dtype=bool)  # an organ that runs out of the scan at every side
     for centre in ([0, 20, 20], [5, 0, 39]):
@@ -44,6 +51,20 @@ def test_a_ball_fits_where_the_click_lands():
     assert mid.sum() == size(14.0, [15, 16, 40])
 
 
+def test_a_negative_click_just_off_the_segment_takes_a_rim_of_it():
+    """On the refined grid a click on a thin rim of a fine CT's segment can land just outside the segment: it
+    must take a rim (its distance to the segment plus the smallest ball), not a full ball of the organ behind."""
+    mask, full = block(), 20.0
+    size = lambda radius, c: int(_ball(mask.shape, np.array(c), radius, SPACING).sum())  # noqa: E731
+    near = _fitted_ball(mask, np.array([15, 8, 40]), full, SPACING, beside=True)  # 2 mm off the segment: 6 mm
+    assert near.sum() == size(2.0 + MIN_BALL_MM, [15, 8, 40])
+    assert (near & mask).sum() < 0.05 * (_ball(mask.shape, np.array([15, 8, 40]), full, SPACING) & mask).sum()
+    far = np.array([15, 40, 40])  # no segment within reach: the full ball
+    assert _fitted_ball(np.zeros_like(mask), far, full, SPACING, beside=True).sum() == size(full, far)
+    inside = np.array([15, 16, 40])  # inside the segment, `beside` changes nothing
+    assert np.array_equal(_fitted_ball(mask, inside, full, SPACING, beside=True), _fitted_ball(mask, inside, full, SPACING))
+
+
 def test_where_balls_overlap_the_nearer_click_decides():
     # a flipped grid (LPS direction diag(-1, -1, 1)): the world points are computed through the direction matrix
     grid = sitk.Image(80, 80, 30, sitk.sitkUInt8)
@@ -55,8 +76,15 @@ def test_where_balls_overlap_the_nearer_click_decides():
     world = lambda zyx: grid.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]])  # noqa: E731
     prompts = Prompts(positive=[world(positive)], negative=[world(negative)])
     excluded = _ball(shape, negative, 10.0, SPACING)
+    balls = _ball(shape, positive, 10.0, SPACING)
     assert excluded[tuple(positive)]  # the positive point lies inside the negative ball
-    kept = _nearer_negative(grid, prompts, excluded)
+    kept = _nearer_negative(grid, prompts, excluded, balls)
     assert not kept[tuple(positive)] and not kept[15, 40, 37] and kept[15, 40, 39] and kept[tuple(negative)]
     assert np.array_equal(kept[:, :, 39:], excluded[:, :, 39:])  # the negative side keeps its whole ball
-    assert np.array_equal(_nearer_negative(grid, Prompts(negative=prompts.negative), excluded), excluded)
+    assert np.array_equal(kept[~balls], excluded[~balls])  # only a positive ball takes voxels back
+    assert np.array_equal(_nearer_negative(grid, Prompts(negative=prompts.negative), excluded, balls), excluded)
+    # where no positive ball reaches, the negative ball stays whole, even its voxels nearer to the positive point
+    small = _ball(shape, positive, 1.0, SPACING)
+    assert excluded[15, 40, 36] and not small[15, 40, 36]  # 2 mm from the positive point, 6 from the negative
+    assert _nearer_negative(grid, prompts, excluded, small)[15, 40, 36]
+    assert not _nearer_negative(grid, prompts, excluded, balls)[15, 40, 36]

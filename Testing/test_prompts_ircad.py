@@ -5,7 +5,8 @@ scripts/click_eval.py puts it (the innermost voxel of the largest error, METHODS
 - a positive click in the missed part of a kidney the coarse stage found only in part adds the organ, above a
   floor measured with the bundled model, and every other organ keeps its voxels;
 - a negative click in a false-positive component (one that touches no true voxel) removes all of it;
-- a positive and a negative click closer than a ball's radius: the nearer one decides each voxel.
+- a positive and a negative click closer than a ball's radius: the nearer one decides each voxel;
+- a positive click deep inside a painted segment changes no voxel (only changes go back to the CT's grid).
 
 The CT and its masks are read in place from ../shared/data; what the test writes (segmentations of the CT)
 goes to pytest's temporary folders and is deleted once read, since the IRCAD licence forbids keeping copies
@@ -82,11 +83,34 @@ def test_one_click_in_the_missed_part_of_a_kidney_adds_it(tmp_path, start):
     assert dice_after > CLICK_FLOOR and dice_after > dice_before + 0.1, (dice_before, dice_after)
     others = (before != LEFT_KIDNEY) & (before != 0)
     assert np.array_equal(after[others], before[others])  # no other organ lost or gained a voxel
+    # a positive click only adds: the current segment keeps every voxel
+    assert (after[before == LEFT_KIDNEY] == LEFT_KIDNEY).all()
     # the click adds the missed part it points at, not the re-prediction's leaks along the rest of the border
     added = (after == LEFT_KIDNEY) & (before != LEFT_KIDNEY)
     precision = float((added & kidney).sum()) / float(added.sum())
     print(f"  {int(added.sum())} voxels added, {precision:.3f} of them kidney")
     assert precision > ADDED_PRECISION, precision
+
+
+def test_a_click_well_inside_a_painted_segment_changes_nothing(tmp_path, start):
+    """A positive click deep inside a well-found organ has nothing new to add: the label map comes back
+    identical, voxel for voxel. The organ here is the manual liver mask on the CT's 0.57 mm grid, as a segment
+    painted or corrected in Slicer is: the whole organ's round trip through the 1.5 mm refined grid redrew
+    its edge (the model's own segment survives that trip, having come from that grid)."""
+    path, before, truth = start
+    liver = truth[6] & ((before == 0) | (before == 6))
+    current = np.where(before == 6, 0, before).astype(before.dtype)
+    current[liver] = 6
+    painted = tmp_path / "painted.nii"
+    image = sitk.GetImageFromArray(current)
+    image.CopyInformation(sitk.ReadImage(str(path)))
+    sitk.WriteImage(image, str(painted))
+    z, y, x = _innermost(liver, _spacing(path))
+    try:
+        after = _refine(tmp_path, painted, "--organ", "liver", "--point-ijk", f"{x},{y},{z}")
+    finally:
+        painted.unlink()
+    assert liver.sum() > 100_000 and np.array_equal(after, current)
 
 
 def test_where_a_positive_and_a_negative_ball_overlap_the_nearer_click_decides(tmp_path, start):

@@ -90,32 +90,45 @@ def _ball(shape, centre: np.ndarray, radius_mm: float, spacing_xyz) -> np.ndarra
     return out
 
 
-def _fitted_ball(inside: np.ndarray, centre: np.ndarray, radius_mm: float, spacing_xyz) -> np.ndarray:
+def _fitted_ball(inside: np.ndarray, centre: np.ndarray, radius_mm: float, spacing_xyz,
+                 beside: bool = False) -> np.ndarray:
     """A click's ball, sized to where it lands: twice the point's depth in `inside` (its distance to the nearest
-    voxel outside), between MIN_BALL_MM and `radius_mm` (the organ's full click radius); a point outside
-    `inside` gets the full radius. For a negative point `inside` is the organ's segment; for a positive one, all
-    but the segment. A click on a rim or a thin leak then takes about the rim, not a ball of the organ behind it
-    (IRCAD spleen: one negative click on its largest wrong part took 12 300 spleen voxels and 6 200 wrong ones),
-    and a click in a thin missed strip beside the segment adds about the strip (TS stomach: one positive click
-    added 3 400 wrong voxels and 27 right ones); a click far from the segment, or with none, keeps the full ball.
-    The user clicks in the middle of what is wrong, so twice its distance to the edge is about its width."""
+    voxel outside), between MIN_BALL_MM and `radius_mm` (the organ's full click radius). For a negative point
+    `inside` is the organ's segment; for a positive one, all but the segment. A click on a rim or a thin leak
+    then takes about the rim, not a ball of the organ behind it (IRCAD spleen: one negative click on its largest
+    wrong part took 12 300 spleen voxels and 6 200 wrong ones), and a click in a thin missed strip beside the
+    segment adds about the strip (TS stomach: one positive click added 3 400 wrong voxels and 27 right ones).
+    The user clicks in the middle of what is wrong, so twice its distance to the edge is about its width.
+
+    A point outside `inside` gets the full radius, unless `beside` (negative points): then its distance to
+    `inside` plus MIN_BALL_MM, so a negative click just off the segment takes a rim of it, not a full ball of
+    the organ behind. Such clicks are common on the refined grid: a click on a thin rim of the segment on a
+    0.57 mm CT lands outside the segment resampled to 1.5 mm. A point far from `inside`, or with none, keeps
+    the full ball."""
     depth = _depth(inside, centre, radius_mm / 2, spacing_xyz)
-    radius = radius_mm if depth == 0 else float(np.clip(2 * depth, MIN_BALL_MM, radius_mm))
+    if depth > 0:
+        radius = float(np.clip(2 * depth, MIN_BALL_MM, radius_mm))
+    elif beside:
+        radius = min(radius_mm, _depth(inside, centre, radius_mm, spacing_xyz, outside=True) + MIN_BALL_MM)
+    else:
+        radius = radius_mm
     return _ball(inside.shape, centre, radius, spacing_xyz)
 
 
-def _depth(mask: np.ndarray, centre: np.ndarray, reach_mm: float, spacing_xyz) -> float:
+def _depth(mask: np.ndarray, centre: np.ndarray, reach_mm: float, spacing_xyz, outside: bool = False) -> float:
     """The distance (mm) from the voxel `centre` of `mask` to the nearest voxel outside it, up to about
     `reach_mm` (a window that far around the voxel, no distance map of the whole CT); 0 outside `mask`. The
     CT's own edge is not an edge of `mask`: the window is continued past it by its last slice (a click near
-    the end of the scan got a small ball)."""
-    if not mask[tuple(centre)]:
+    the end of the scan got a small ball). `outside`: the same for the complement of `mask`, i.e. the distance
+    from a voxel outside `mask` to `mask` (about `reach_mm` when `mask` is not within reach)."""
+    if mask[tuple(centre)] == outside:
         return 0.0
     spacing_zyx = tuple(reversed(spacing_xyz))
     half = [int(np.ceil(reach_mm / s)) + 1 for s in spacing_zyx]
     lo = [max(0, int(c) - h) for c, h in zip(centre, half)]
     hi = [min(n, int(c) + h + 1) for c, h, n in zip(centre, half, mask.shape)]
     window = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    window = ~window if outside else window
     past_edge = [(h - (int(c) - a), h - (b - 1 - int(c))) for c, h, a, b in zip(centre, half, lo, hi)]
     window = np.pad(np.pad(window, past_edge, mode="edge"), 1)  # beyond the window counts as outside
     depth = ndimage.distance_transform_edt(window, sampling=spacing_zyx)
@@ -139,10 +152,11 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     spacing = grid.GetSpacing()
     radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
     segment = current if current is not None and prompts.use_current else np.zeros(shape, dtype=bool)
-    hints = np.zeros(shape, dtype=bool)
+    balls = np.zeros(shape, dtype=bool)  # the positive points' balls
     outside = ~segment if prompts.positive else None  # once, not per point: a full-size array
     for p in prompts.positive:
-        hints |= _fitted_ball(outside, _index(grid, p, "positive point"), radius, spacing)
+        balls |= _fitted_ball(outside, _index(grid, p, "positive point"), radius, spacing)
+    hints = balls.copy()
     for a, b in prompts.boxes:
         ia, ib = _index(grid, a, "box corner"), _index(grid, b, "box corner")
         hints |= _ellipse(shape, np.minimum(ia, ib), np.maximum(ia, ib))
@@ -154,19 +168,22 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     attention = hints.astype(np.float32) * np.float32(hint_value)
     excluded = np.zeros(shape, dtype=bool)
     for p in prompts.negative:
-        excluded |= _fitted_ball(segment, _index(grid, p, "negative point"), radius, spacing)
-    excluded = _nearer_negative(grid, prompts, excluded)
+        excluded |= _fitted_ball(segment, _index(grid, p, "negative point"), radius, spacing, beside=True)
+    excluded = _nearer_negative(grid, prompts, excluded, balls)
     attention[excluded] = 0.0
     return attention, excluded
 
 
-def _nearer_negative(grid: sitk.Image, prompts: Prompts, excluded: np.ndarray) -> np.ndarray:
-    """Of the negative balls, the voxels nearer (in mm) to a negative point than to every positive one: where a
-    positive and a negative ball overlap, the nearer click decides. Before, the negative ball won outright, so
-    a positive click placed beside an earlier negative one (to bring back what it removed) added nothing."""
-    if not prompts.positive or not excluded.any():
+def _nearer_negative(grid: sitk.Image, prompts: Prompts, excluded: np.ndarray, balls: np.ndarray) -> np.ndarray:
+    """Of the negative balls, all but the voxels of a positive point's ball (`balls`) that are nearer (in mm) to
+    a positive point than to every negative one: where a positive and a negative ball overlap, the nearer click
+    decides. Before, the negative ball won outright, so a positive click placed beside a negative one (to bring
+    back what it removed) added nothing. Where no positive ball reaches, the negative ball stays whole, however
+    far its voxels are from the negative point."""
+    contested = excluded & balls
+    if not prompts.positive or not contested.any():
         return excluded
-    zyx = np.nonzero(excluded)
+    zyx = np.nonzero(contested)
     ijk = np.stack(zyx[::-1], axis=1).astype(np.float64)
     direction = np.array(grid.GetDirection()).reshape(3, 3)
     world = np.array(grid.GetOrigin()) + (ijk * np.array(grid.GetSpacing())) @ direction.T
@@ -291,6 +308,25 @@ def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prom
     return pred
 
 
+def _onto_ct(pred: np.ndarray, organ_now: np.ndarray | None, grid: sitk.Image, current: sitk.Image,
+             organ_before: np.ndarray) -> np.ndarray:
+    """The organ on the CT's grid from its refined-grid result `pred`: only what changed on the refined grid
+    (voxels added, voxels removed) is mapped back, so the rest of the segment keeps its voxels exactly, at the
+    CT's own resolution. Before, the whole organ went onto the 1.5 mm grid and back, which redrew its whole edge
+    at every click on a finer CT (IRCAD, 0.57 mm): a segment painted in Slicer lost its detail, and a click that
+    changed nothing still reported changed voxels. Without a current segment (`organ_now` None), `pred` is
+    the organ."""
+    if organ_now is None:
+        return labels_to_grid(pred.astype(np.uint8), grid, current) > 0
+    change = np.zeros(pred.shape, dtype=np.uint8)
+    change[pred & ~organ_now] = 1
+    change[organ_now & ~pred] = 2
+    if not change.any():
+        return organ_before
+    moved = labels_to_grid(change, grid, current)  # one resampling for both
+    return (organ_before | (moved == 1)) & (moved != 2)
+
+
 def refined_grid(image: sitk.Image, model: Model):
     """The CT on the refined network's grid (Prepared): made once per CT by the warm worker."""
     return prepare(image, inplane_spacing(image, model.card["refined"]["inplane_spacing"]))
@@ -315,7 +351,8 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         radius = CLICK_FRACTION * TYPICAL_RADIUS_MM[organ]
         on_ct = organ_before.copy()
         for p in prompts.negative:
-            on_ct &= ~_fitted_ball(organ_before, _index(current, p, "negative point"), radius, current.GetSpacing())
+            on_ct &= ~_fitted_ball(organ_before, _index(current, p, "negative point"), radius, current.GetSpacing(),
+                                   beside=True)
         on_ct = _remove_clicked_components(on_ct, current, prompts, np.zeros_like(on_ct), organ_before & ~on_ct)
     else:
         fine = fine if fine is not None else refined_grid(image, model)
@@ -338,7 +375,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         if prompts.negative:
             before_balls = _components_at(new, anchors) | (organ_now if prompts.use_current else False)
             pred = _remove_clicked_components(pred, fine.grid, prompts, anchors, before_balls & excluded)
-        on_ct = labels_to_grid(pred.astype(np.uint8), fine.grid, current) > 0
+        on_ct = _onto_ct(pred, organ_now if prompts.use_current else None, fine.grid, current, labels == organ)
     out = labels.copy()
     out[out == organ] = 0
     out[on_ct & (labels == 0) | on_ct & (labels == organ)] = organ
