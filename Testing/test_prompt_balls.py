@@ -1,5 +1,5 @@
-"""The geometry of a click's ball (prompts.py): its size fitted to where it lands, and which click decides where
-a positive and a negative ball overlap. Synthetic masks on a small grid, since this is arithmetic on shapes;
+"""The geometry of a click's ball (prompts.py): its size fitted to where it lands, which click decides where
+a positive and a negative ball overlap, and how a change made on the refined grid goes back onto a finer CT. Synthetic masks on a small grid, since this is arithmetic on shapes;
 the same rules on real CT are in test_prompts.py and test_prompts_ircad.py."""
 
 from __future__ import annotations
@@ -7,7 +7,10 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from contrastseg.prompts import MIN_BALL_MM, Prompts, _ball, _depth, _fitted_ball, _nearer_negative
+from scipy import ndimage
+
+from contrastseg.preprocess import labels_to_grid
+from contrastseg.prompts import MIN_BALL_MM, Prompts, _ball, _depth, _fitted_ball, _nearer_negative, _onto_ct
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z mm
 
@@ -81,10 +84,56 @@ def test_where_balls_overlap_the_nearer_click_decides():
     kept = _nearer_negative(grid, prompts, excluded, balls)
     assert not kept[tuple(positive)] and not kept[15, 40, 37] and kept[15, 40, 39] and kept[tuple(negative)]
     assert np.array_equal(kept[:, :, 39:], excluded[:, :, 39:])  # the negative side keeps its whole ball
-    assert np.array_equal(kept[~balls], excluded[~balls])  # only a positive ball takes voxels back
     assert np.array_equal(_nearer_negative(grid, Prompts(negative=prompts.negative), excluded, balls), excluded)
     # where no positive ball reaches, the negative ball stays whole, even its voxels nearer to the positive point
     small = _ball(shape, positive, 1.0, SPACING)
     assert excluded[15, 40, 36] and not small[15, 40, 36]  # 2 mm from the positive point, 6 from the negative
     assert _nearer_negative(grid, prompts, excluded, small)[15, 40, 36]
     assert not _nearer_negative(grid, prompts, excluded, balls)[15, 40, 36]
+
+
+def _grids() -> tuple[sitk.Image, sitk.Image]:
+    """A CT at 0.5 mm in-plane and its refined grid at 1.5 mm, over the same 60 x 60 x 15 mm."""
+    ct, fine = sitk.Image(120, 120, 10, sitk.sitkUInt8), sitk.Image(40, 40, 10, sitk.sitkUInt8)
+    ct.SetSpacing((0.5, 0.5, 1.5))
+    fine.SetSpacing((1.5, 1.5, 1.5))
+    return ct, fine
+
+
+def _painted() -> np.ndarray:
+    """An organ on the CT's grid: a block with a rim one CT voxel wide (x = 80), and a separate blob. The block's
+    lower edge (y = 78) lies where the 1.5 mm grid's voxel reaches a CT voxel beyond it (y = 79)."""
+    organ = np.zeros((10, 120, 120), dtype=bool)
+    organ[:, 20:79, 20:81] = True
+    organ[:, 95:105, 95:105] = True
+    return organ
+
+
+def test_only_the_change_goes_back_onto_the_ct_and_leaves_no_sliver_or_seam():
+    ct, fine = _grids()
+    before = _painted()
+    now = labels_to_grid(before.astype(np.uint8), ct, fine) > 0
+    nothing = np.zeros_like(now)
+    assert now[:, 17, 26].all() and not now[:, 17, 27].any()  # the rim at x = 80 is lost on the 1.5 mm grid
+    # unchanged: the segment keeps every voxel, rim included
+    assert np.array_equal(_onto_ct(now, now, nothing, fine, ct, before), before)
+    # the blob removed (a negative click's component): none of its voxels stays, rim slivers included
+    cc, _ = ndimage.label(now)
+    kept = now & (cc != cc[5, 33, 33])
+    out = _onto_ct(kept, now, nothing, fine, ct, before)
+    assert not out[:, 90:110, 90:110].any() and np.array_equal(out[:, :90, :90], before[:, :90, :90])
+    # an addition below the block joins it without a seam: the CT row between the old edge and the addition
+    # (y = 79, background, its refined voxel inside the segment) was left open
+    added = now.copy()
+    added[:, 27:33, 10:21] = True
+    out = _onto_ct(added, now, nothing, fine, ct, before)
+    assert out[before].all() and out[:, 79, 31:61].all() and out[:, 80:97, 31:61].all()
+    # a negative click on the rim, which lies outside the refined segment: the clicked voxel goes, a rim's
+    # worth of the organ behind it, not a full ball
+    click = np.array([5, 17, 27])
+    assert not now[tuple(click)]
+    ball = _fitted_ball(now, click, 21.0, fine.GetSpacing(), beside=True)
+    out = _onto_ct(now & ~ball, now, ball, fine, ct, before)
+    full = _ball(now.shape, click, 21.0, fine.GetSpacing())
+    taken, full_taken = before.sum() - out.sum(), before.sum() - _onto_ct(now & ~full, now, full, fine, ct, before).sum()
+    assert not out[5, 50, 80] and out[5, 50, 60] and taken < full_taken / 5, (taken, full_taken)

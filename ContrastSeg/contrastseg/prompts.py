@@ -130,7 +130,8 @@ def _depth(mask: np.ndarray, centre: np.ndarray, reach_mm: float, spacing_xyz, o
     window = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     window = ~window if outside else window
     past_edge = [(h - (int(c) - a), h - (b - 1 - int(c))) for c, h, a, b in zip(centre, half, lo, hi)]
-    window = np.pad(np.pad(window, past_edge, mode="edge"), 1)  # beyond the window counts as outside
+    # beyond the window counts as an edge (for `outside`: as `mask`, so the distance is at most about reach_mm)
+    window = np.pad(np.pad(window, past_edge, mode="edge"), 1)
     depth = ndimage.distance_transform_edt(window, sampling=spacing_zyx)
     return float(depth[tuple(h + 1 for h in half)])
 
@@ -308,21 +309,32 @@ def _remove_clicked_components(pred: np.ndarray, grid: sitk.Image, prompts: Prom
     return pred
 
 
-def _onto_ct(pred: np.ndarray, organ_now: np.ndarray | None, grid: sitk.Image, current: sitk.Image,
-             organ_before: np.ndarray) -> np.ndarray:
+def _onto_ct(pred: np.ndarray, organ_now: np.ndarray | None, excluded: np.ndarray, grid: sitk.Image,
+             current: sitk.Image, organ_before: np.ndarray) -> np.ndarray:
     """The organ on the CT's grid from its refined-grid result `pred`: only what changed on the refined grid
-    (voxels added, voxels removed) is mapped back, so the rest of the segment keeps its voxels exactly, at the
-    CT's own resolution. Before, the whole organ went onto the 1.5 mm grid and back, which redrew its whole edge
-    at every click on a finer CT (IRCAD, 0.57 mm): a segment painted in Slicer lost its detail, and a click that
-    changed nothing still reported changed voxels. Without a current segment (`organ_now` None), `pred` is
-    the organ."""
+    is mapped back, so the rest of the segment keeps its voxels exactly, at the CT's own resolution. Before,
+    the whole organ went onto the 1.5 mm grid and back, which redrew its whole edge at every click on a finer
+    CT (IRCAD, 0.57 mm): a segment painted in Slicer lost its detail, and a click that changed nothing still
+    reported changed voxels. Without a current segment (`organ_now` None), `pred` is the organ.
+
+    What changed, on the refined grid:
+    - added: the new voxels, and the kept ones touching them, so no seam under a refined voxel's width is
+      left between the old edge and the addition;
+    - removed: the voxels taken away (`organ_now` less `pred`), the negative balls (`excluded`) and the
+      refined voxels touching a removal, all outside `pred`: a CT voxel of the segment whose refined voxel
+      was not in `organ_now` (a rim or a thin part lost at 1.5 mm) must go too, or a removed component left
+      slivers of its rim and a negative click on a thin rim left the rim it was clicked on."""
     if organ_now is None:
         return labels_to_grid(pred.astype(np.uint8), grid, current) > 0
-    change = np.zeros(pred.shape, dtype=np.uint8)
-    change[pred & ~organ_now] = 1
-    change[organ_now & ~pred] = 2
-    if not change.any():
+    added, removed = pred & ~organ_now, organ_now & ~pred
+    if not (added.any() or removed.any() or excluded.any()):
         return organ_before
+    change = np.zeros(pred.shape, dtype=np.uint8)
+    ring = np.ones((1, 3, 3), dtype=bool)  # the 8 in-plane neighbours: the refined grid keeps the CT's slices
+    if added.any():
+        change[pred & ndimage.binary_dilation(added, structure=ring)] = 1
+    if removed.any() or excluded.any():
+        change[~pred & (excluded | ndimage.binary_dilation(removed, structure=ring))] = 2
     moved = labels_to_grid(change, grid, current)  # one resampling for both
     return (organ_before | (moved == 1)) & (moved != 2)
 
@@ -375,7 +387,8 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         if prompts.negative:
             before_balls = _components_at(new, anchors) | (organ_now if prompts.use_current else False)
             pred = _remove_clicked_components(pred, fine.grid, prompts, anchors, before_balls & excluded)
-        on_ct = _onto_ct(pred, organ_now if prompts.use_current else None, fine.grid, current, labels == organ)
+        on_ct = _onto_ct(pred, organ_now if prompts.use_current else None, excluded, fine.grid, current,
+                         labels == organ)
     out = labels.copy()
     out[out == organ] = 0
     out[on_ct & (labels == 0) | on_ct & (labels == organ)] = organ
