@@ -29,7 +29,9 @@ import SimpleITK as sitk
 from .checksum import sha256
 from .dataset import DATASET_FORMAT, MANIFEST, _id_map, read_manifest
 from .errors import ContrastSegError
-from .io import _read_dicom_series, _same_grid, atomic_path, read_image, read_labels, split_suffix, write_json, write_labels
+from .io import (_read_dicom_series, _same_grid, atomic_path, read_ct, read_image, read_labels, split_suffix, write_json,
+                 write_labels)
+from .outputs import WriteError, os_error_message
 from .corrections import changes, initial_dice
 from .organs import BY_ID
 
@@ -40,9 +42,18 @@ DICOM_TAGS = {"study_uid": "0020|000d", "series_uid": "0020|000e", "frame_of_ref
 
 @contextlib.contextmanager
 def locked(folder: Path):
-    """Hold the dataset's writer lock (an OS file lock, released even if the process dies)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as fh:
+    """Hold the dataset's writer lock (an OS file lock, released even if the process dies). A dataset path that
+    is a file, or a folder that cannot be written, is one sentence."""
+    from .outputs import os_error_message
+
+    if folder.exists() and not folder.is_dir():
+        raise ContrastSegError(f"dataset {folder} is a file, not a dataset folder; give a folder with --dataset")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / ".lock", "a+")
+    except OSError as err:
+        raise ContrastSegError(os_error_message(err, folder / ".lock")) from None
+    with fh:
         try:
             import fcntl
 
@@ -148,7 +159,8 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
     before/after numbers only.
     """
     folder, image = Path(dataset), Path(image)
-    ct = read_image(image)  # refuses non-3D and unreadable inputs before anything is written
+    # the checks `segment` runs (a label map or a [0, 1] image is no CT), before anything is written
+    ct = read_ct(image)
     lab = read_labels(labels, ct, _id_map(id_map)) if labels is not None else None
     if organs is not None:
         if lab is None:
@@ -180,9 +192,11 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
                                   source_sha, uids, organs, validation, phase, source, model, volume_name, note, extra)
             data["entries"].append(record)
             _save(folder, data)
-        except BaseException:
+        except BaseException as err:
             for path in reversed(created):
                 path.unlink(missing_ok=True)
+            if isinstance(err, OSError) and not isinstance(err, ContrastSegError):  # a mkdir, a copy: a sentence
+                raise WriteError(os_error_message(err, Path(err.filename or folder))) from None
             raise
     return record
 

@@ -20,7 +20,8 @@ import SimpleITK as sitk
 
 from .ct_checks import check_dicom_series, check_geometry, check_nifti_header, check_values
 from .errors import ContrastSegError
-from .organs import BY_ID
+from .guards import check_input, is_regular
+from .organs import BY_ID, TOTALSEGMENTATOR_TO_BTCV
 from .outputs import (IMAGE_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, IncompleteFile, atomic_path, captured_stderr,  # noqa: F401
                       split_suffix, write_json)
 
@@ -74,9 +75,7 @@ COMPACT_TYPES = (sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt8, sitk.sitkUInt8)
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D image (NIfTI, NRRD, MHA or a folder holding one DICOM series) with its geometry: 8- and 16-bit
     integer voxels as stored, any other type as float32."""
-    path = Path(path)
-    if not path.exists():
-        raise ContrastSegError(f"input not found: {path}")
+    path = check_input(path, "input")  # a named pipe would hang the read
     if path.is_dir():
         image = _read_dicom_series(path)
     else:
@@ -101,6 +100,15 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return image
 
 
+def read_ct(path: str | os.PathLike) -> sitk.Image:
+    """The CT a command works on, with every check `segment` runs: `read_image`'s (file, header, series,
+    geometry, values) and `check_ct`'s (Hounsfield units), so a label map or a [0, 1] image given as the CT
+    is refused by `refine-organ`, `dataset add` and the worker as it is by `segment`."""
+    image = read_image(path)
+    check_ct(image, str(path))
+    return image
+
+
 def check_ct(image: sitk.Image, source: str = "input") -> None:
     """Refuse images whose intensities cannot be CT Hounsfield units.
 
@@ -117,6 +125,16 @@ def check_ct(image: sitk.Image, source: str = "input") -> None:
         )
 
 
+def read_mask_file(path: Path, what: str = "mask") -> sitk.Image:
+    """One label or mask file, read whole (a truncated .gz is refused, not zero-filled)."""
+    _check_gzip_complete(path)
+    check_nifti_header(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise ContrastSegError(f"cannot read {what} {path} ({_first_line(err)})") from None
+
+
 def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id_map: dict[int, int] | None = None) -> sitk.Image:
     """Read a label map as uint8; map its ids through `id_map` (others become 0) and put it on `reference`'s grid.
 
@@ -124,15 +142,13 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id
     stored with a flipped axis); it is then resampled by nearest neighbour. Otherwise it is refused, since
     it does not belong to the image.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ContrastSegError(f"label map not found: {path}")
-    _check_gzip_complete(path)
-    check_nifti_header(path)
-    try:
-        labels = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise ContrastSegError(f"cannot read label map {path} ({_first_line(err)})") from None
+    from .tissues import is_structure_folder, read_structure_folder
+
+    if is_structure_folder(path):  # TotalSegmentator's one-mask-per-structure folder: its ids, mapped to BTCV
+        labels = read_structure_folder(path)
+        id_map = TOTALSEGMENTATOR_TO_BTCV if id_map is None else id_map
+    else:
+        labels = read_mask_file(check_input(path, "label map", folder_ok=False), "label map")
     arr = sitk.GetArrayFromImage(labels)
     if np.any(arr != np.round(arr)) or arr.min() < 0:
         raise ContrastSegError(f"{path} is not a label map (it has negative or non-integer values)")
@@ -224,9 +240,14 @@ def segment_metadata(label_ids: list[int]) -> dict[str, str]:
     return meta
 
 
+SIDECAR_FORMAT = "contrastseg-labels/1"
+
+
 def label_sidecar(label_ids: list[int]) -> dict:
-    """The organ table for a label map: what each id means, for readers other than Slicer."""
+    """The organ table for a label map: what each id means, for readers other than Slicer. Its `format` marks
+    it as ContrastSeg's (`check_sidecar`)."""
     return {
+        "format": SIDECAR_FORMAT,
         "labels": [
             {"id": o.id, "key": o.key, "name": o.name, "color": list(o.color),
              "snomed": {"scheme": o.snomed[0], "code": o.snomed[1], "meaning": o.snomed[2]},
@@ -242,6 +263,43 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(stem + ".json")
 
 
+def _ours(table) -> bool:
+    """An organ table ContrastSeg wrote: with its format marker, or (written before the marker) exactly the
+    {"labels": [{id, key, name, color, snomed, modifier}, ...]} that `label_sidecar` makes."""
+    if not isinstance(table, dict):
+        return False
+    if table.get("format") == SIDECAR_FORMAT:
+        return True
+    rows = table.get("labels")
+    return (set(table) == {"labels"} and isinstance(rows, list)
+            and all(isinstance(r, dict) and set(r) == {"id", "key", "name", "color", "snomed", "modifier"} for r in rows))
+
+
+def organ_table(path: str | os.PathLike) -> Path | None:
+    """The organ table that writing the label map `path` also writes, or None (a .seg.nrrd carries its own):
+    an output of its own for `outputs.check_outputs`."""
+    return None if split_suffix(path)[1].lower() == ".seg.nrrd" else sidecar_path(path)
+
+
+def check_sidecar(path: str | os.PathLike) -> Path | None:
+    """`organ_table(path)`, refused if a file ContrastSeg did not write is at that name: `seg.nii.gz` would
+    otherwise replace any `seg.json` beside it (a model's `card.json` was lost that way)."""
+    side = organ_table(path)
+    if side is None or not os.path.lexists(side):
+        return side
+    table = None
+    if is_regular(side, follow=False):  # not a link, a pipe or a folder
+        try:
+            with open(side, "rb") as f:
+                table = json.loads(f.read(1 << 20))
+        except (OSError, ValueError, RecursionError):
+            table = None
+    if not _ours(table):
+        raise ContrastSegError(f"{side} exists and is not an organ table ContrastSeg wrote; the label map "
+                               f"{Path(path).name} would replace it: move it or choose another output name")
+    return side
+
+
 def write_labels(labels: sitk.Image, path: str | os.PathLike, label_ids: list[int]) -> list[Path]:
     """Write a BTCV label map (format by extension) and its organ table; return the paths written.
 
@@ -253,6 +311,7 @@ def write_labels(labels: sitk.Image, path: str | os.PathLike, label_ids: list[in
     stem, suffix = split_suffix(path)
     if suffix.lower() not in WRITABLE_IMAGE_SUFFIXES:
         raise ContrastSegError(f"unsupported output format '{path.name}'; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
+    check_sidecar(path)  # before anything is written
     labels = sitk.Cast(labels, sitk.sitkUInt8)
     if suffix.lower() == ".seg.nrrd":
         labels = sitk.Image(labels)

@@ -94,8 +94,11 @@ def _real(path: str | os.PathLike) -> str:
 
 def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: list[str | os.PathLike | None]) -> None:
     """Before any computation: no output is an input (after resolving symlinks and relative paths), none lies
-    inside an input folder (a DICOM series, a model), no two outputs name the same file, and every output
-    folder exists and is writable."""
+    inside an input folder (a DICOM series, a model) or a folder ContrastSeg keeps (a model, a dataset, a run,
+    the store: `guards.check_not_kept`), no two outputs name the same file, and every output folder exists and
+    is writable."""
+    from .guards import check_not_kept
+
     files, folders = {}, {}
     for inp in inputs:
         if inp is None:
@@ -119,6 +122,7 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: list[str
         if real in seen:
             raise ContrastSegError(f"{seen[real]} and {what} are the same file '{out}'; give each its own name")
         seen[real] = what
+        check_not_kept(out, what)
     for what, out in outputs.items():
         if out is not None:
             check_output(out, what)

@@ -15,13 +15,16 @@ with an `id` (any JSON value, echoed back) and an `op`:
     {"id": 5, "op": "close", "ct": "ct1"}        {"id": 6, "op": "shutdown"}
 
 Answers are `{"id", "ok": true, ...}` or `{"id", "ok": false, "error": "one sentence"}`; progress events are
-`{"id", "event": "progress", "stage", "fraction", ...}` as in the CLI's JSON stream. A malformed line gets an
-error with `"id": null`. `key` names the open CT (a client that sends open and segment together, without
+`{"id", "event": "progress", "stage", "fraction", ...}` as in the CLI's JSON stream. Every line is checked
+against its op's schema before anything runs (`serve_requests`: types, required fields, no unknown field); a
+bad line gets one sentence naming the field, with its id, or `"id": null` when the id itself is unreadable.
+The reader survives any byte sequence (invalid UTF-8, deep nesting, a line of any length). `key` names the open CT (a client that sends open and segment together, without
 waiting, needs it); opening under a key in use replaces that CT. `output` events (`{"id", "event": "output",
 "kind": "coarse"|"refined", "path"}`) say a file is complete, as in the CLI's stream. Requests run one at a time
-in arrival order; `cancel` is read while one runs and also reaches a request still waiting its turn. The worker
-stays a separate process, so a crash in torch cannot take Slicer down; the client (serve_client.Client)
-restarts it.
+in arrival order; `cancel` is read while one runs and also reaches a request still waiting its turn. At the
+end of input the requests already read are finished and answered, then the worker exits; if its stdout is
+gone (the client died), the running request is cancelled and the worker exits. The worker stays a separate
+process, so a crash in torch cannot take Slicer down; the client (serve_client.Client) restarts it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .errors import ContrastSegError
 from .progress import Progress
 
 from .serve_client import PROTOCOL  # noqa: F401  (one definition, shared with the client)
+from .serve_requests import BadRequest, Request, check_request, parse_line, read_lines
 
 
 class Cancelled(Exception):
@@ -52,8 +56,8 @@ class RequestProgress(Progress):
         self.request_id, self.out, self.cancel = request_id, out, cancel
 
     def check(self) -> None:
-        """Stop here if the client cancelled (before a file is written, so a cancelled request writes none)."""
-        if self.cancel.is_set():
+        """Stop here if the client cancelled or is gone (before a file is written, so such a request writes none)."""
+        if self.cancel.is_set() or self.out.gone:
             raise Cancelled()
 
     def emit(self, record: dict) -> None:
@@ -70,11 +74,17 @@ class Writer:
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
+        self.gone = False  # the client closed our stdout: nobody reads the answers any more
 
     def send(self, record: dict) -> None:
         with self.lock:
-            self.stream.write(json.dumps(record) + "\n")
-            self.stream.flush()
+            if self.gone:
+                return
+            try:
+                self.stream.write(json.dumps(record) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a broken pipe, or a closed stream
+                self.gone = True
 
 
 @dataclass
@@ -106,6 +116,7 @@ class Worker:
         self.running = None  # id of the request being worked on
 
     # ------------------------------------------------------------------ requests
+    # Each op gets `req`: its fields checked and complete (serve_requests.SCHEMA), plus the request's id.
     def model(self, name: str | None):
         from . import store
         from .models.files import load_model
@@ -117,50 +128,55 @@ class Worker:
         return self.models[key]
 
     def session(self, req: dict) -> Session:
-        key = req.get("ct")
+        key = req["ct"]
         if key not in self.sessions:
             raise ContrastSegError(f"no open CT '{key}' (open it first; open: {sorted(self.sessions) or 'none'})")
         return self.sessions[key]
 
     def op_open(self, req: dict) -> dict:
-        from .io import read_image
+        from .io import read_ct
 
-        if not req.get("ct"):
-            raise ContrastSegError("open needs 'ct': the path of a CT file or DICOM folder")
-        if req.get("key") is not None:
-            key = str(req["key"])
+        if req["key"] is not None:
+            key = req["key"]
             # a CT opened again under its key: the old one goes first (its memory, and no request meant for the
             # new one can run on it if the new one fails to open)
             self.sessions.pop(key, None)
         else:
             self.count += 1
             key = f"ct{self.count}"
-        image = read_image(req["ct"])
-        model = self.model(req.get("model"))
-        self.sessions[key] = Session(image, model, str(req["ct"]))
+        image = read_ct(req["ct"])  # the checks `segment` runs: a label map or a [0, 1] image is not a CT
+        model = self.model(req["model"])
+        self.sessions[key] = Session(image, model, req["ct"])
         return {"ct": key, "size": list(image.GetSize()), "spacing": [round(v, 4) for v in image.GetSpacing()],
                 "model": model.card.get("name"), "organs": model.organs}
+
+    def _check_outputs(self, s: Session, outputs: dict, inputs: list) -> None:
+        """The CLI's output checks: no output (or its organ table) is an input, a file of the model, or inside
+        a model, a dataset or a run; no foreign file is replaced by an organ table; every folder is writable."""
+        from .io import check_sidecar, organ_table
+        from .models.files import model_files
+        from .outputs import check_outputs
+
+        tables = {f"the {what}'s organ table": organ_table(out) for what, out in outputs.items() if out}
+        check_outputs({**outputs, **tables}, [s.path, *inputs, *model_files(s.model.folder, s.model.card)])
+        for out in outputs.values():
+            if out:
+                check_sidecar(out)
 
     def op_segment(self, req: dict, progress: RequestProgress) -> dict:
         """The CLI's `segment` on an open CT: the same checks, stages, outputs and their `output` events."""
         from .ct_checks import check_memory
         from .infer import segment
         from .io import write_labels
-        from .outputs import check_outputs
 
         s = self.session(req)
-        output, coarse_output = req.get("output"), req.get("coarse_output")
-        refined = not req.get("coarse_only")
-        check_outputs({"output": output, "coarse output": coarse_output}, [s.path])
+        output, coarse_output = req["output"], req["coarse_output"]
+        refined = not req["coarse_only"]
+        self._check_outputs(s, {"output": output, "coarse output": coarse_output}, [])
         check_memory(s.image, s.model.card, refined=refined, source=s.path)
-        organs = req.get("organs") or None
+        organs = req["organs"]
         if organs is not None:
-            from .organs import parse_organs
-
-            try:
-                organs = parse_organs(",".join(str(o) for o in organs))
-            except ValueError as err:
-                raise ContrastSegError(str(err)) from None
+            s.model.check_covers(organs)
         written_organs = organs or s.model.organs
 
         def on_coarse(labels) -> None:
@@ -187,43 +203,39 @@ class Worker:
         import SimpleITK as sitk
 
         from .io import read_labels, write_labels
-        from .organs import parse_organs
-        from .outputs import check_outputs
+        from .organs import BY_ID
         from .prompts import Prompts, ras_to_lps, refine_organ, refined_grid
 
         s = self.session(req)
-        try:
-            (organ,) = parse_organs(str(req.get("organ") or ""))
-        except ValueError as err:
-            raise ContrastSegError(str(err)) from None
-        if req.get("labels"):
+        organ = req["organ"]
+        s.model.check_covers([organ])
+        inputs = [req["labels"], req["scribble"]]
+        if req["output"]:
+            self._check_outputs(s, {"output": req["output"]}, inputs)
+        if req["labels"]:
             current = read_labels(req["labels"], s.image)
         elif s.labels is not None:
             current = s.labels
         else:
             raise ContrastSegError("refine needs 'labels' (a label map path) or an earlier segment of this CT")
-        inputs = [s.path] + [req[k] for k in ("labels", "scribble") if req.get(k)]
-        if req.get("output"):
-            check_outputs({"output": req["output"]}, inputs)
-        box = req.get("box_ras")
-        if box is not None and len(box) != 6:
-            raise ContrastSegError(f"box_ras needs 6 numbers (x0, y0, z0, x1, y1, z1), got {len(box)}")
-        prompts = Prompts(positive=[ras_to_lps(p) for p in req.get("points_ras") or []],
-                          negative=[ras_to_lps(p) for p in req.get("neg_points_ras") or []],
+        box = req["box_ras"]
+        prompts = Prompts(positive=[ras_to_lps(p) for p in req["points_ras"]],
+                          negative=[ras_to_lps(p) for p in req["neg_points_ras"]],
                           boxes=[(ras_to_lps(box[:3]), ras_to_lps(box[3:]))] if box else [],
-                          scribble=read_labels(req["scribble"], s.image) if req.get("scribble") else None,
-                          use_current=not req.get("ignore_current"))
-        progress.begin("refine", f"re-segmenting {req['organ']}")
+                          scribble=read_labels(req["scribble"], s.image) if req["scribble"] else None,
+                          use_current=not req["ignore_current"])
+        progress.begin("refine", f"re-segmenting {BY_ID[organ].key}")
         t0 = time.perf_counter()
         if s.fine is None:  # kept for the next refinement of this CT
             s.fine = refined_grid(s.image, s.model)
-        labels, change = refine_organ(s.image, current, s.model, organ, prompts, self.device, fine=s.fine)
+        labels, change = refine_organ(s.image, current, s.model, organ, prompts, self.device, fine=s.fine,
+                                      check=progress.check)
         progress.check()  # cancelled meanwhile: neither the result nor a file
         s.labels = labels
-        if req.get("output"):
+        if req["output"]:
             write_labels(labels, req["output"], [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v])
         change["seconds"] = round(time.perf_counter() - t0, 3)
-        return {"ct": req["ct"], "output": req.get("output"), "change": change}
+        return {"ct": req["ct"], "output": req["output"], "change": change}
 
     def op_close(self, req: dict) -> dict:
         self.session(req)
@@ -231,28 +243,25 @@ class Worker:
         return {"ct": req["ct"], "closed": True}
 
     # ------------------------------------------------------------------ loop
-    def handle(self, req: dict) -> None:
-        rid, op = req.get("id"), req.get("op")
-        handlers = {"open": self.op_open, "segment": self.op_segment, "refine": self.op_refine, "close": self.op_close}
-        if op not in handlers:
-            self.out.send({"id": rid, "ok": False, "error": f"unknown op {op!r}; ops: {sorted(handlers) + ['cancel', 'shutdown']}"})
-            return
+    def handle(self, request: Request) -> None:
+        """Run one checked request and answer it; whatever goes wrong, the worker answers and goes on."""
+        rid, op, req = request.id, request.op, request.fields
         try:
             if op == "segment":
                 stages = {"preprocess": 0.1, "coarse": 0.25, "write": 0.05}
-                if not req.get("coarse_only"):
+                if not req["coarse_only"]:
                     stages["refine"] = 0.6
-                answer = handlers[op](req, RequestProgress(rid, self.out, self.cancel, stages))
+                answer = self.op_segment(req, RequestProgress(rid, self.out, self.cancel, stages))
             elif op == "refine":
-                answer = handlers[op](req, RequestProgress(rid, self.out, self.cancel))
+                answer = self.op_refine(req, RequestProgress(rid, self.out, self.cancel))
             else:
-                answer = handlers[op](req)
+                answer = {"open": self.op_open, "close": self.op_close}[op](req)
             self.out.send({"id": rid, "ok": True, **answer})
         except Cancelled:
             self.out.send({"id": rid, "ok": False, "cancelled": True, "error": "cancelled"})
         except ContrastSegError as err:
             self.out.send({"id": rid, "ok": False, "error": str(err)})
-        except Exception as err:  # noqa: BLE001 - the worker survives a failed request and says what happened
+        except Exception as err:  # noqa: BLE001 - a bug: the worker survives it and says what happened
             self.out.send({"id": rid, "ok": False, "error": f"internal error: {type(err).__name__}: {err}"})
 
 
@@ -267,61 +276,69 @@ def serve(stdin=None, out: Writer | None = None, device: str = "auto", threads: 
     waiting: set = set()
     cancelled: set = set()
 
-    def cancel(req: dict) -> None:
-        target = req.get("target")
+    def cancel(req: Request) -> None:
+        target = req.fields["target"]
         with lock:
-            if target is not None and target == worker.running:
+            if target == worker.running:
                 worker.cancel.set()
-            elif target is not None and target in waiting:
+            elif target in waiting:
                 cancelled.add(target)
             else:
                 target = None
         if target is None:
-            out.send({"id": req.get("id"), "ok": False, "error": f"request {req.get('target')!r} is not running"})
+            out.send({"id": req.id, "ok": False, "error": f"request {req.fields['target']!r} is not running"})
         else:
-            out.send({"id": req.get("id"), "ok": True, "cancelling": target})
+            out.send({"id": req.id, "ok": True, "cancelling": target})
+
+    def take(raw: bytes | None) -> bool:
+        """One line: checked, then answered (cancel, a bad line) or queued; False after `shutdown`."""
+        try:
+            req = check_request(parse_line(raw))
+        except BadRequest as err:
+            out.send({"id": err.rid, "ok": False, "error": str(err)})
+            return True
+        if req.op == "cancel":
+            cancel(req)
+            return True
+        with lock:
+            if req.id is not None:
+                waiting.add(req.id)
+        inbox.put(req)
+        return req.op != "shutdown"
 
     def read() -> None:
-        for line in stdin:
-            if not line.strip():
-                continue
-            try:
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("not an object")
-            except ValueError as err:
-                out.send({"id": None, "ok": False, "error": f"not a JSON request object ({err}): {line.strip()[:80]}"})
-                continue
-            if req.get("op") == "cancel":
-                cancel(req)
-                continue
-            with lock:
-                waiting.add(req.get("id"))
-            inbox.put(req)
-            if req.get("op") == "shutdown":
-                return
-        inbox.put({"op": "shutdown", "id": None})
+        try:
+            for raw in read_lines(stdin):
+                try:
+                    if not take(raw):
+                        return
+                except Exception as err:  # noqa: BLE001 - a bug must not leave the worker deaf
+                    out.send({"id": None, "ok": False, "error": f"internal error reading a request: "
+                                                              f"{type(err).__name__}: {err}"})
+        except (OSError, ValueError):  # stdin itself failed: as at its end
+            pass
+        inbox.put(Request(None, "shutdown", {}))
 
     threading.Thread(target=read, daemon=True).start()
     out.send({"event": "ready", "protocol": PROTOCOL, "version": __version__, "device": str(worker.device)})
-    while True:
+    while not out.gone:
         req = inbox.get()
-        rid = req.get("id")
         with lock:
-            waiting.discard(rid)
-            skip = rid in cancelled
-            cancelled.discard(rid)
+            waiting.discard(req.id)
+            skip = req.id is not None and req.id in cancelled
+            cancelled.discard(req.id)
             if not skip:
                 worker.cancel.clear()
-                worker.running = rid
+                worker.running = req.id
         if skip:
-            out.send({"id": rid, "ok": False, "cancelled": True, "error": "cancelled"})
+            out.send({"id": req.id, "ok": False, "cancelled": True, "error": "cancelled"})
             continue
-        if req.get("op") == "shutdown":
-            out.send({"id": rid, "ok": True, "shutdown": True})
+        if req.op == "shutdown":
+            out.send({"id": req.id, "ok": True, "shutdown": True})
             return 0
         try:
             worker.handle(req)
         finally:
             with lock:
                 worker.running = None
+    return 0

@@ -7,7 +7,11 @@ Slicer can list models without loading the networks.
 
 Models are never overwritten or deleted: `remove` moves a model to `models/.trash/`, which listing skips, and
 its name stays taken. A broken `default.json`, or one naming a model that is gone, is reported (not silently
-replaced by the bundled model) when a command needs the default.
+replaced by the bundled model) when a command needs the default. A model folder whose card is missing or
+invalid is reported by `models list` and skipped; the others stay usable.
+
+Names: `resolve` reads a bare name (`default`, `mine`) as a store name only, never as a folder in the current
+directory; a folder is given as a path (`./mine`, `/data/models/mine`): see `is_path`.
 """
 
 from __future__ import annotations
@@ -33,29 +37,52 @@ def models_root() -> Path:
     return home() / "models"
 
 
-def _read_card(folder: Path) -> dict | None:
+def _read_card(folder: Path) -> tuple[dict | None, str | None]:
+    """(the folder's card, None) if it is a valid model card (`models.card.check_card`), else (None, why not)."""
+    from .guards import is_regular
+    from .models.card import check_card
+
+    path = folder / "card.json"
+    if not is_regular(path):
+        return None, ("it holds no card.json" if not os.path.lexists(path) else "its card.json is not a regular file")
     try:
-        return json.loads((folder / "card.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        card = json.loads(path.read_bytes()[: 64 << 20])
+        return check_card(card, str(path)), None
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8
+        return None, f"its card.json is not valid JSON ({str(err)[:120]})"
+    except ContrastSegError as err:
+        return None, str(err)
+
+
+def _scan() -> tuple[list[dict], list[dict]]:
+    """(usable models, broken model folders): the bundled model first, then the store's folders by name."""
+    found, broken = [], []
+    folders = [(BUNDLED, bundled_model(), True)]
+    root = models_root()
+    if root.is_dir():
+        folders += [(p.name, p, False) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    for name, folder, bundled in folders:
+        card, why = _read_card(folder)
+        if card is not None:
+            found.append({"name": name, "path": str(folder), "card": card, "bundled": bundled})
+        elif not (bundled and not folder.exists()):
+            broken.append({"name": name, "path": str(folder), "problem": why, "bundled": bundled})
+    return found, broken
 
 
 def list_models() -> list[dict]:
-    """Every usable model: {name, path, card, default}; the bundled model first, then by name."""
-    found = []
-    card = _read_card(bundled_model())
-    if card is not None:
-        found.append({"name": BUNDLED, "path": str(bundled_model()), "card": card, "bundled": True})
-    root = models_root()
-    if root.exists():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            card = _read_card(folder)
-            if card is not None:
-                found.append({"name": folder.name, "path": str(folder), "card": card, "bundled": False})
+    """Every usable model: {name, path, card, default, bundled}; the bundled model first, then by name. A folder
+    whose card is missing or invalid is left out (`broken_models` says why), so one broken card hides no other."""
+    found, _ = _scan()
     chosen, _ = _default_record()
     for m in found:
         m["default"] = m["name"] == chosen
     return found
+
+
+def broken_models() -> list[dict]:
+    """The store's folders that are not usable models: {name, path, problem} (for `models list` to report)."""
+    return _scan()[1]
 
 
 def _default_record() -> tuple[str, str | None]:
@@ -90,17 +117,36 @@ def default_name() -> str:
     return name
 
 
+def is_path(value: str | os.PathLike) -> bool:
+    """How a `--model` value is read: a path when it is a path object or its text holds a folder separator
+    ('/', or '\\' on Windows) or starts with '~'; otherwise it is a store name. So `default` is always the
+    bundled model, even beside a folder of that name, and `./default` is that folder."""
+    if not isinstance(value, str):
+        return True
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return any(sep in value for sep in seps) or value.startswith("~")
+
+
 def resolve(name_or_path: str | os.PathLike | None) -> Path:
-    """A model folder from a store name, a path, or None (the store's default model)."""
+    """A model folder from a store name, an explicit folder path (`is_path`), or None (the store's default).
+
+    A bare name is looked up in the store only, never in the current directory."""
     if name_or_path is None:
         name_or_path = default_name()
-    path = Path(name_or_path)
-    if path.exists():
-        return path
+    if is_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if path.exists():
+            return path
+        raise ContrastSegError(f"no model found at '{name_or_path}'; `contrastseg models list` shows the store")
+    name = str(name_or_path)
     for m in list_models():
-        if m["name"] == str(name_or_path):
+        if m["name"] == name:
             return Path(m["path"])
-    raise ContrastSegError(f"no model named or found at '{name_or_path}'; `contrastseg models list` shows the store")
+    for b in broken_models():
+        if b["name"] == name:
+            raise ContrastSegError(f"the model '{name}' in the store is broken: {b['problem']}")
+    here = f"; to use the folder '{name}' here, give it as a path: ./{name}" if Path(name).is_dir() else ""
+    raise ContrastSegError(f"no model named '{name}' in the store{here}; `contrastseg models list` shows the store")
 
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -132,10 +178,30 @@ def _check_copy(folder: Path, card: dict) -> None:
 
     for stage in ("coarse", "refined"):
         settings = card.get(stage) or {}
-        if settings.get("sha256") and (not (folder / settings["weights"]).is_file()
-                                       or sha256(folder / settings["weights"]) != settings["sha256"]):
+        if settings and not (folder / settings["weights"]).is_file():
+            raise ContrastSegError(f"{settings['weights']} was not copied into the store (it is not a regular file: "
+                                   "models are copied without following symbolic links); the model was not registered")
+        if settings.get("sha256") and sha256(folder / settings["weights"]) != settings["sha256"]:
             raise ContrastSegError(f"the copy of {settings['weights']} in the store does not match its card's SHA-256; "
                                    "the model was not registered")
+
+
+def _copy_regular(source: Path, target: Path) -> None:
+    """Copy a model folder's regular files and real subfolders; symlinks and special files are not followed or
+    copied (a link to /usr/share/doc once copied 169 MB into the store, and a named pipe would hang the copy).
+    The files a model needs (its card, its weights) must themselves be regular files: `load_model` reads them
+    through `is_regular` and `check_weights`, which refuse anything else, before `models add` registers."""
+    from .guards import is_regular
+
+    target.mkdir()
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                _copy_regular(Path(entry.path), target / entry.name)
+            elif is_regular(entry.path, follow=False):
+                shutil.copy2(entry.path, target / entry.name, follow_symlinks=False)
 
 
 def register(model_dir: Path, name: str) -> Path:
@@ -156,10 +222,12 @@ def register(model_dir: Path, name: str) -> Path:
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
-        shutil.copytree(model_dir, tmp)
-        card = _read_card(tmp)
-        if card is not None:
-            _check_copy(tmp, card)
+        _copy_regular(Path(model_dir), tmp)
+        card, why = _read_card(tmp)
+        if card is None:  # e.g. card.json was a symbolic link, which is not copied
+            raise ContrastSegError(f"the copy of {model_dir} is not a model ({why}); models are copied as regular "
+                                   "files only (no symbolic links): the model was not registered")
+        _check_copy(tmp, card)
         os.replace(tmp, target)
     except OSError as err:
         from .outputs import os_error_message
@@ -176,6 +244,9 @@ def show(name: str) -> dict:
     for m in list_models():
         if m["name"] == name:
             return m
+    for b in broken_models():
+        if b["name"] == name:
+            raise ContrastSegError(f"the model '{name}' in the store is broken: {b['problem']}")
     raise ContrastSegError(f"no model named '{name}' in the store; `contrastseg models list` shows it")
 
 

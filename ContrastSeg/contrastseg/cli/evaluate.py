@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from ..dataset import _id_map
     from ..io import read_labels, write_json
     from ..metrics import evaluate, load_truth
+    from ..outputs import check_outputs
 
+    check_outputs({"-o": args.output, "--bars": args.bars}, [args.pred, args.truth])  # never onto an input
     pred_img = read_labels(args.pred)
     truth = load_truth(args.truth, pred_img, _id_map(args.truth_id_map))
     try:

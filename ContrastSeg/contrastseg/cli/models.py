@@ -46,6 +46,9 @@ def run_list(args: argparse.Namespace) -> int:
     problem = store.default_problem()
     if problem:
         print(f"contrastseg models list: warning: {problem}", file=sys.stderr)
+    for b in store.broken_models():  # reported and skipped: one broken folder hides no other model
+        print(f"contrastseg models list: warning: skipped the broken model folder {b['path']}: {b['problem']}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps([{k: v for k, v in m.items()} for m in models], indent=2))
         return 0
@@ -66,7 +69,11 @@ def run_show(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     from ..models.files import load_model
 
+    from ..errors import ContrastSegError
+
     store.check_name(args.name)
+    if not args.folder.is_dir():
+        raise ContrastSegError(f"{args.folder} is not a folder; `models add` takes a model folder (card.json + weights)")
     load_model(args.folder)  # every check of a load: card, SHA-256s, names, shapes, finite values, organs
     print(f"registered {store.register(args.folder, args.name)}")
     return 0

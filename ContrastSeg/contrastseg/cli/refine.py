@@ -57,8 +57,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import store
-    from ..io import read_image, read_labels, sidecar_path, write_labels
-    from ..models.files import load_model
+    from ..io import check_sidecar, organ_table, read_ct, read_labels, write_labels
+    from ..models.files import load_model, model_files, read_card
     from ..organs import parse_organs
     from ..outputs import check_outputs
     from ..prompts import Prompts, ijk_to_lps, ras_to_lps, refine_organ
@@ -69,12 +69,17 @@ def run(args: argparse.Namespace) -> int:
         raise ContrastSegError(str(err)) from None
     if len(organs) != 1:
         raise ContrastSegError("--organ takes one organ")
-    inputs = [args.ct, args.labels] + ([args.scribble] if args.scribble else [])
-    check_outputs({"-o": args.output, "its organ table": None if str(args.output).endswith(".seg.nrrd")
-                   else sidecar_path(args.output)}, inputs)
+    model_dir = store.resolve(args.model)
+    card = read_card(model_dir)
+    if organs[0] not in card["organs"]:  # the same sentence as Model.check_covers, before the CT is read
+        raise ContrastSegError(f"model '{card.get('name')}' does not cover organ ids {organs}; it covers {card['organs']}")
+    # before any computation: no output is an input, one of the model's files, or inside what ContrastSeg keeps
+    inputs = [args.ct, args.labels] + ([args.scribble] if args.scribble else []) + model_files(model_dir, card)
+    check_outputs({"-o": args.output, "its organ table": organ_table(args.output)}, inputs)
+    check_sidecar(args.output)  # an organ table never replaces a file ContrastSeg did not write
     device, progress = runtime(args, {"refine": 1.0})
     t0 = time.perf_counter()
-    image = read_image(args.ct)
+    image = read_ct(args.ct)  # the checks `segment` runs: a label map or a [0, 1] image is not a CT
     current = read_labels(args.labels, image)
     if current.GetSize() != image.GetSize():
         raise ContrastSegError(f"{args.labels} is not on the CT's voxel grid")
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         negative=[ras_to_lps(p) for p in args.neg_point_ras] + [ijk_to_lps(image, p) for p in args.neg_point_ijk],
         boxes=[(ras_to_lps(b[:3]), ras_to_lps(b[3:])) for b in args.box_ras], scribble=scribble,
         use_current=not args.ignore_current)
-    model = load_model(store.resolve(args.model))
+    model = load_model(model_dir)
     progress.begin("refine", f"re-segmenting {args.organ}")
     labels, change = refine_organ(image, current, model, organs[0], prompts, device)
     write_labels(labels, args.output, _ids(labels))

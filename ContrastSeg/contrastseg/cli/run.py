@@ -83,9 +83,20 @@ def run_gpu_check(args: argparse.Namespace) -> int:
     from ..runs.plan import gpu_problem
 
     error, warning, batch = gpu_problem(args.device, read_card(store.resolve(args.base)),
-                                        shlex.split(args.finetune_args), args.batch)
+                                        _split(args.finetune_args, "--finetune-args"), args.batch)
     print(json.dumps({"error": error, "warning": warning, "suggested_batch": batch}))
     return 0
+
+
+def _split(text: str, option: str) -> list[str]:
+    """Options given as one quoted string, split as a shell would; an unclosed quote is one sentence."""
+    from ..errors import ContrastSegError
+
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise ContrastSegError(f"{option} {text!r} cannot be read as command-line options ({err}); "
+                               "check its quotes") from None
 
 
 def _run_dir(path: Path) -> Path:
@@ -102,8 +113,9 @@ def run_plan(args: argparse.Namespace) -> int:
                      strategy=args.strategy, base=args.base, steps=args.steps, batch=args.batch,
                      coarse_steps=args.coarse_steps, pretrain_steps=args.pretrain_steps,
                      pretrain_batch=args.pretrain_batch, device=args.device, threads=args.threads, name=args.name,
-                     seed=args.seed, finetune_args=shlex.split(args.finetune_args),
-                     coarse_args=shlex.split(args.coarse_args), pretrain_args=shlex.split(args.pretrain_args))
+                     seed=args.seed, finetune_args=_split(args.finetune_args, "--finetune-args"),
+                     coarse_args=_split(args.coarse_args, "--coarse-args"),
+                     pretrain_args=_split(args.pretrain_args, "--pretrain-args"))
     run_dir, plan = make_plan(req, args.run)
     for w in plan["warnings"]:
         print(f"warning: {w}", file=sys.stderr)

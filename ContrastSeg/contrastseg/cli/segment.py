@@ -33,10 +33,10 @@ def register(sub) -> None:
 
 def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
     """Every file this run will write, by the name a message calls it."""
-    from ..io import sidecar_path, split_suffix
+    from ..io import organ_table
 
     def table(path: Path | None) -> Path | None:
-        return None if path is None or split_suffix(path.name)[1].lower() == ".seg.nrrd" else sidecar_path(path)
+        return None if path is None else organ_table(path)
 
     return {"output": args.output, "the output's organ table": table(args.output),
             "coarse output": args.coarse_output, "the coarse output's organ table": table(args.coarse_output),
@@ -53,8 +53,8 @@ def _check_extension(path: Path, what: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..ct_checks import check_memory
     from ..infer import segment
-    from ..io import read_image, write_labels
-    from ..models.files import card_path, load_model, read_card
+    from ..io import check_sidecar, read_ct, write_labels
+    from ..models.files import load_model, model_files, read_card
     from ..outputs import check_outputs
 
     t_all = time.perf_counter()
@@ -64,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     source = args.input or sample_ct()
     model_dir = resolve(args.model)
     card = read_card(model_dir)
-    model_files = [card_path(model_dir)] + [card_path(model_dir).parent / card[s]["weights"]
-                                            for s in ("coarse", "refined") if card.get(s)]
     # before any computation: no output is an input (the CT, the model's files), and every folder is writable
-    check_outputs(_outputs(args), [source, *model_files])
+    check_outputs(_outputs(args), [source, *model_files(model_dir, card)])
+    for label_map in (args.output, args.coarse_output):  # an organ table never replaces a file not ours
+        if label_map is not None:
+            check_sidecar(label_map)
     try:
         organs = parse_organs(args.organs)
     except ValueError as err:
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     device, progress = runtime(args, stages)
     progress.begin("read", "reading the CT")
     t = time.perf_counter()
-    image = read_image(source)
+    image = read_ct(source)
     model = load_model(model_dir, ("coarse",) if args.coarse_only else ("coarse", "refined"))
     if args.organs is None:
         organs = model.organs

@@ -6,9 +6,10 @@ from, the validation numbers and each weights file's SHA-256. The coarse weights
 organs whose output channels were trained (safetensors metadata `organs`), so a card that claims an organ
 the network never learnt is refused.
 
-Every load (and `models add`) checks, in this order: the weights file's name and SHA-256, that the file is a
-whole safetensors file, every tensor's name and shape against the network the card describes, finite values,
-and the card's organs against the coarse network's trained channels. A tampered or broken model is refused
+Every load (and `models add`) checks, in this order: the card's fields and sizes (`card.check_card`), the
+weights file's name and SHA-256, that the file is a whole safetensors file, every tensor's name and shape in
+its header against the network the card describes (built on the meta device, so nothing is allocated for a
+card that does not fit), finite values, and the card's organs against the coarse network's trained channels. A tampered or broken model is refused
 with one sentence. A card written before SHA-256s were recorded gets every check but the hash.
 """
 
@@ -26,15 +27,17 @@ from ..checksum import sha256
 from ..errors import ContrastSegError
 from ..outputs import safetensors_header, write_safetensors
 from ..organs import BY_ID, NUM_CLASSES
+from .card import CARD_FORMAT, check_card  # noqa: F401  (CARD_FORMAT: one definition, torch-free)
 from .coarse import CoarseUNet
 from .refined import RefinedNet
 
-CARD_FORMAT = "contrastseg-model/1"
 CARD_NAME = "card.json"
 
 
 def build_coarse(settings: dict) -> CoarseUNet:
-    return CoarseUNet(NUM_CLASSES, tuple(settings["channels"]))
+    """The coarse U-Net a card's `coarse` table describes; `inputs` (default: the image alone) sets its input
+    channels (inputs.COARSE_INPUTS)."""
+    return CoarseUNet(NUM_CLASSES, tuple(settings["channels"]), in_channels=len(settings.get("inputs", ["image"])))
 
 
 def build_refined(settings: dict) -> RefinedNet:
@@ -57,6 +60,12 @@ class Model:
     def organs(self) -> list[int]:
         return list(self.card["organs"])
 
+    def check_covers(self, organs) -> None:
+        """Refuse organs the card does not list: every command that takes a model and organs says this."""
+        missing = sorted(set(organs) - set(self.organs))
+        if missing:
+            raise ContrastSegError(f"model '{self.card.get('name')}' does not cover organ ids {missing}; it covers {self.organs}")
+
 
 def card_path(path: str | os.PathLike) -> Path:
     path = Path(path)
@@ -64,28 +73,25 @@ def card_path(path: str | os.PathLike) -> Path:
 
 
 def read_card(path: str | os.PathLike) -> dict:
-    """Read and validate a model card (folder or card.json path)."""
+    """Read and validate a model card (folder or card.json path): `card.check_card`, before anything is built."""
+    from ..guards import is_regular
+
     cpath = card_path(path)
     if not cpath.exists():
         raise ContrastSegError(f"no model at {path} (expected a folder holding {CARD_NAME})")
+    if not is_regular(cpath):  # a named pipe would block the read
+        raise ContrastSegError(f"model card {cpath} is not a regular file")
     try:
-        card = json.loads(cpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ContrastSegError(f"model card {cpath} is not valid JSON ({err})") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise ContrastSegError(f"{cpath} is not a ContrastSeg model card (format must be '{CARD_FORMAT}')")
-    organs = card.get("organs")
-    if not isinstance(organs, list) or not organs or any(o not in BY_ID for o in organs) or len(set(organs)) != len(organs):
-        raise ContrastSegError(f"model card {cpath} lists organs {organs}, which are not BTCV organ ids 1-13")
-    for stage in ("coarse", "refined"):
-        settings = card.get(stage)
-        if settings is None:
-            continue
-        name = settings.get("weights") if isinstance(settings, dict) else None
-        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-            raise ContrastSegError(f"model card {cpath} names the {stage} weights {name!r}; it must be the name of a "
-                                   ".safetensors file in the model folder")
-    return card
+        card = json.loads(cpath.read_bytes()[: 64 << 20])
+    except (ValueError, RecursionError, OSError) as err:  # ValueError: bad JSON or UTF-8
+        raise ContrastSegError(f"model card {cpath} is not valid JSON ({str(err)[:120]})") from None
+    return check_card(card, str(cpath))
+
+
+def model_files(folder: str | os.PathLike, card: dict) -> list[Path]:
+    """The files a model consists of (its card and weights): inputs no output may overwrite."""
+    folder = card_path(folder).parent
+    return [folder / CARD_NAME] + [folder / card[s]["weights"] for s in ("coarse", "refined") if card.get(s)]
 
 
 def trained_organs(path: Path) -> list[int] | None:
@@ -130,11 +136,12 @@ def _load_stage(folder: Path, card: dict, stage: str) -> torch.nn.Module | None:
     arch = settings.get("architecture")
     if arch not in BUILDERS:
         raise ContrastSegError(f"model {folder} has a {stage} network of unknown architecture '{arch}'")
+    wpath = check_weights(folder, card, stage)
+    _check_shapes(folder, wpath, arch, stage, settings)  # on the meta device: no memory for a wrong card
     try:
         net = BUILDERS[arch](settings)
     except (KeyError, ValueError, TypeError) as err:
         raise ContrastSegError(f"model {folder}: cannot build the {stage} network from its card ({err})") from None
-    wpath = check_weights(folder, card, stage)
     try:
         state = load_file(str(wpath))
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
@@ -153,6 +160,24 @@ def _load_stage(folder: Path, card: dict, stage: str) -> torch.nn.Module | None:
                                f"(first: {broken[0]}); the file is broken: retrain or copy the model again")
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return net.eval()
+
+
+def _check_shapes(folder: Path, wpath: Path, arch: str, stage: str, settings: dict) -> None:
+    """The network the card describes, built on torch's meta device (shapes only, nothing allocated), against
+    the tensor names and shapes in the weights file's header: a card that does not fit its weights is refused
+    before the real network takes memory."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in BUILDERS[arch](settings).state_dict().items()}
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise ContrastSegError(f"model {folder}: cannot build the {stage} network from its card ({err})") from None
+    header = {k: tuple(v.get("shape", ())) for k, v in safetensors_header(wpath).items() if k != "__metadata__"}
+    bad = [k for k in expected if header.get(k) != expected[k]]
+    extra = [k for k in header if k not in expected]
+    if bad or extra:
+        raise ContrastSegError(
+            f"model {folder}: {wpath.name} does not fit the {arch} described by its card "
+            f"({len(bad)} missing or mis-shaped tensors, {len(extra)} unexpected); it is for another architecture")
 
 
 def load_model(path: str | os.PathLike, stages: tuple[str, ...] = ("coarse", "refined")) -> Model:

@@ -9,7 +9,6 @@ running the plan again resumes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from ..errors import ContrastSegError
 from ..io import write_json
 from ..progress import Progress
+from .claim import run_lock  # noqa: F401  (tests import it from here)
 from .plan import LOG, STATE, read_plan, read_state
 
 
@@ -29,8 +29,14 @@ class Cancelled(Exception):
 
 
 def log(run_dir: Path, text: str) -> None:
-    with open(run_dir / LOG, "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    """One line of the run's log for people. A line that cannot be written (a full disk) is dropped: the
+    state and checkpoint writes that matter say so in a sentence, and a log line must not turn it into a
+    traceback."""
+    try:
+        with open(run_dir / LOG, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    except OSError:
+        pass
 
 
 class Runner:
@@ -184,28 +190,6 @@ class Runner:
         self.save(status="done", current=None)
         log(self.run_dir, f"done: model {self.state.get('model')}")
         return self.state
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """One process per run: an OS lock on RUN/.lock, released by the OS when the process ends, even by a crash."""
-    fh = open(Path(run_dir) / ".lock", "a+")
-    try:
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ContrastSegError(f"run {Path(run_dir).name} is already running in another process; "
-                                   f"`contrastseg run status {run_dir}` shows it") from None
-        yield
-    finally:
-        fh.close()
 
 
 def execute(run_dir: Path, progress: Progress) -> dict:

@@ -7,6 +7,7 @@ made the model. Each training step is a plain `contrastseg` command line, so pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from .. import store
 from ..errors import ContrastSegError
 from ..processes import process_alive
-from .base import arch_args, read_card, refined_card
+from .base import arch_args, check_step_args, read_card, refined_card
 from .snapshot import split_validation, write_snapshot
 
 # SimpleITK (dataset, io) is imported inside the functions that need it: `contrastseg --help` stays light.
@@ -202,18 +203,45 @@ def make_plan(req: RunRequest, run_dir: Path | None = None, probe_gpu: bool = Tr
     Steps: [pretrain] -> coarse (train-coarse --base: partial labels, distillation, replay) -> refined
     (finetune on the new coarse network's attention) -> validate -> register.
     """
-    from ..dataset_edit import latest_per_case, live_records
-    from ..io import write_json
-
     check = preflight(req, probe_gpu)
     if check.errors:
         raise ContrastSegError("; ".join(check.errors))
     stages = req.stage_set()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = store.unused_name(req.name or f"{'-'.join(stages)}-{stamp}")
-    run_dir = Path(run_dir) if run_dir else runs_root() / name
-    if (run_dir / PLAN).exists():
-        raise ContrastSegError(f"{run_dir} already holds a run; `contrastseg run start {run_dir}` resumes it")
+    with _claimed(req, run_dir, stages) as (run_dir, name):  # exactly one concurrent plan gets a name
+        return _write_plan(req, run_dir, name, stages, check)
+
+
+@contextlib.contextmanager
+def _claimed(req: RunRequest, run_dir: Path | None, stages: tuple[str, ...]):
+    """(run folder, run name), claimed (`claim.claim`) until the block ends. A name the user chose (--name or
+    --run) is claimed or refused; an automatic one moves on to `-2`, `-3`... when taken."""
+    from .claim import RunTaken, claim
+
+    auto = req.name is None and run_dir is None
+    base = req.name or f"{'-'.join(stages)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = [base] + ([f"{base}-{n}" for n in range(2, 50)] if auto else [])
+    with contextlib.ExitStack() as stack:
+        for i, wanted in enumerate(names):
+            name = store.unused_name(wanted)
+            if auto and name != wanted:
+                continue  # a model has that name: try the next
+            folder = Path(run_dir) if run_dir else runs_root() / name
+            try:
+                stack.enter_context(claim(folder, PLAN))
+                break
+            except RunTaken:
+                if i == len(names) - 1 or not auto:
+                    raise
+        else:
+            raise ContrastSegError(f"no free run name from '{base}' on; give one with --name")
+        yield folder, name
+
+
+def _write_plan(req: RunRequest, run_dir: Path, name: str, stages: tuple[str, ...], check: Preflight) -> tuple[Path, dict]:
+    """The data snapshot, the steps' command lines (checked as their commands parse them) and plan.json."""
+    from ..dataset_edit import latest_per_case, live_records
+    from ..io import write_json
+
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     records = latest_per_case(live_records(req.dataset))
     labelled = sorted((r for r in records if r.get("labels")), key=lambda r: r["id"])
@@ -265,6 +293,7 @@ def make_plan(req: RunRequest, run_dir: Path | None = None, probe_gpu: bool = Tr
             "finetune", "data/train.json", "--run", "steps/refined", "--base", model_for_refined,
             "--steps", str(req.steps), "--batch", str(req.batch), "--lr", str(LOOP_REFINED["lr"]), *init, *arch,
             *common, *req.finetune_args]})
+    check_step_args(steps)
     steps += [{"name": "validate", "kind": "validate"}, {"name": "register", "kind": "register"}]
     weights = _weights(req, stages, len(train), len(held))
     for s in steps:

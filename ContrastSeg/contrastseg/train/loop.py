@@ -24,8 +24,23 @@ LOG = "log.txt"
 
 
 def log_line(run_dir: Path, text: str) -> None:
-    with open(run_dir / LOG, "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    """A line of the log for people; dropped if it cannot be written (a full disk is reported, in one sentence,
+    by the history and checkpoint writes that matter)."""
+    try:
+        with open(run_dir / LOG, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    except OSError:
+        pass
+
+
+def _append_history(run_dir: Path, record: dict) -> None:
+    """One step's line of history.jsonl; a full disk is one sentence (the checkpoint on disk stays whole)."""
+    from ..outputs import WriteError, os_error_message
+
+    try:
+        _append_history(run_dir, record)
+    except OSError as err:
+        raise WriteError(os_error_message(err, run_dir / HISTORY)) from None
 
 
 def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -38,7 +53,12 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     the optimizer step, the learning-rate schedule (`scheduler_fn(step)` multiplies the base lr), logging
     and checkpoints. A non-finite loss stops the run with a clear error and keeps the last good checkpoint.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from ..outputs import WriteError, os_error_message
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(os_error_message(err, run_dir)) from None
     meta = load_checkpoint(run_dir, model, optimizer)
     start = meta["step"] if meta else 0
     _truncate_history(run_dir, start)  # the steps after the checkpoint are trained again: no duplicate lines
@@ -72,8 +92,7 @@ def train(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
         rate = (done - start) * items_per_step / max(1e-9, time.perf_counter() - t0)
         record = {"step": done, "loss": round(value, 6), "lr": optimizer.param_groups[0]["lr"],
                   "items_per_s": round(rate, 2), "time": round(time.perf_counter() - t0, 2)}
-        with open(run_dir / HISTORY, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_history(run_dir, record)
         prog.update((done) / steps, f"step {done}/{steps} loss {value:.4f}", force=done == steps,
                     step=done, loss=round(value, 6), lr=record["lr"], items_per_s=record["items_per_s"])
         if done % checkpoint_every == 0 or done == steps:
@@ -96,8 +115,14 @@ def _truncate_history(run_dir: Path, start: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= start]
     tmp = path.with_name(f".{HISTORY}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    tmp.replace(path)
+    try:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(path)
+    except OSError as err:
+        from ..outputs import WriteError, os_error_message
+
+        tmp.unlink(missing_ok=True)
+        raise WriteError(os_error_message(err, path)) from None
 
 
 def _step_of(line: str) -> int:
