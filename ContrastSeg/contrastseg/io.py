@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from .ct_checks import check_dicom_series, check_geometry, check_nifti_header, check_values
 from .errors import ContrastSegError
 from .guards import check_input, is_regular
-from .organs import BY_ID, TOTALSEGMENTATOR_TO_BTCV
+from .organs import BY_ID
 from .outputs import (IMAGE_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, IncompleteFile, atomic_path, captured_stderr,  # noqa: F401
                       split_suffix, write_json)
 
@@ -125,16 +125,6 @@ def check_ct(image: sitk.Image, source: str = "input") -> None:
         )
 
 
-def read_mask_file(path: Path, what: str = "mask") -> sitk.Image:
-    """One label or mask file, read whole (a truncated .gz is refused, not zero-filled)."""
-    _check_gzip_complete(path)
-    check_nifti_header(path)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise ContrastSegError(f"cannot read {what} {path} ({_first_line(err)})") from None
-
-
 def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id_map: dict[int, int] | None = None) -> sitk.Image:
     """Read a label map as uint8; map its ids through `id_map` (others become 0) and put it on `reference`'s grid.
 
@@ -142,13 +132,13 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id
     stored with a flipped axis); it is then resampled by nearest neighbour. Otherwise it is refused, since
     it does not belong to the image.
     """
-    from .tissues import is_structure_folder, read_structure_folder
-
-    if is_structure_folder(path):  # TotalSegmentator's one-mask-per-structure folder: its ids, mapped to BTCV
-        labels = read_structure_folder(path)
-        id_map = TOTALSEGMENTATOR_TO_BTCV if id_map is None else id_map
-    else:
-        labels = read_mask_file(check_input(path, "label map", folder_ok=False), "label map")
+    path = check_input(path, "label map", folder_ok=False)
+    _check_gzip_complete(path)
+    check_nifti_header(path)
+    try:
+        labels = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise ContrastSegError(f"cannot read label map {path} ({_first_line(err)})") from None
     arr = sitk.GetArrayFromImage(labels)
     if np.any(arr != np.round(arr)) or arr.min() < 0:
         raise ContrastSegError(f"{path} is not a label map (it has negative or non-integer values)")

@@ -9,8 +9,9 @@ the network never learnt is refused.
 Every load (and `models add`) checks, in this order: the card's fields and sizes (`card.check_card`), the
 weights file's name and SHA-256, that the file is a whole safetensors file, every tensor's name and shape in
 its header against the network the card describes (built on the meta device, so nothing is allocated for a
-card that does not fit), finite values, and the card's organs against the coarse network's trained channels. A tampered or broken model is refused
-with one sentence. A card written before SHA-256s were recorded gets every check but the hash.
+card that does not fit), finite values, and the card's organs against the coarse network's trained channels.
+A tampered or broken model is refused with one sentence. A card written before SHA-256s were recorded gets
+every check but the hash.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ CARD_NAME = "card.json"
 
 
 def build_coarse(settings: dict) -> CoarseUNet:
-    """The coarse U-Net a card's `coarse` table describes; `inputs` (default: the image alone) sets its input
-    channels (inputs.COARSE_INPUTS)."""
-    return CoarseUNet(NUM_CLASSES, tuple(settings["channels"]), in_channels=len(settings.get("inputs", ["image"])))
+    return CoarseUNet(NUM_CLASSES, tuple(settings["channels"]))
 
 
 def build_refined(settings: dict) -> RefinedNet:

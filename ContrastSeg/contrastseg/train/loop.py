@@ -38,7 +38,8 @@ def _append_history(run_dir: Path, record: dict) -> None:
     from ..outputs import WriteError, os_error_message
 
     try:
-        _append_history(run_dir, record)
+        with open(run_dir / HISTORY, "a") as f:
+            f.write(json.dumps(record) + "\n")
     except OSError as err:
         raise WriteError(os_error_message(err, run_dir / HISTORY)) from None
 
