@@ -30,6 +30,7 @@ process, so a crash in torch cannot take Slicer down; the client (serve_client.C
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
@@ -341,4 +342,17 @@ def serve(stdin=None, out: Writer | None = None, device: str = "auto", threads: 
         finally:
             with lock:
                 worker.running = None
+    _quiet(out.stream)  # the client is gone
     return 0
+
+
+def _quiet(stream) -> None:
+    """Point a stream whose reader is gone at the null device, so what is left in its buffer is dropped at
+    exit instead of raising BrokenPipeError (a traceback on stderr, for nobody)."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
