@@ -78,6 +78,8 @@ class ContrastSegWebApp(TrameApp):
         self.prompt_effect: PromptEffect = self.editor.get_effect(PromptEffect)
         self.prompt_effect.on_click, self.prompt_effect.on_box = self._on_click, self._on_box
         self.editor.undo_stack.index_changed.connect(self._undo_changed)
+        self.editor.segmentation_modified.connect(self._segmentation_modified)
+        self._rows_due, self._rows_pending = 0.0, False
         self._defaults()
         self.ui = ui.build(self)
         self.state.change("cs_tool")(self._tool_changed)
@@ -118,7 +120,11 @@ class ContrastSegWebApp(TrameApp):
         content = f.get("content")
         if isinstance(content, list):
             content = b"".join(content)
-        self._loaded(self.session.load_upload(f.get("name", ""), f.get("size"), content))
+        try:
+            self._loaded(self.session.load_upload(f.get("name", ""), f.get("size"), content))
+        except Exception:
+            self.state.cs_message = ""
+            raise
 
     def _loaded(self, message: str) -> None:
         self.training.close_compare()
@@ -154,12 +160,15 @@ class ContrastSegWebApp(TrameApp):
         with self.state:
             self.state.cs_running = False
             self.state.cs_progress = 100 if run.state == "done" else self.state.cs_progress
+            engine = (run.timings or {}).get("total")
             self.state.cs_status = run.status_text() if not run.error else f"{run.status_text()} {run.error}"
-            self.state.cs_rows = self.session.rows() if run.state == "done" else []
+            if run.state == "done" and engine:  # what the page added on top of the engine's own work
+                self.state.cs_status = f"Done in {run.elapsed:.1f} s (the engine's segmentation: {engine:.1f} s)."
+            self.state.cs_rows = self.session.rows()  # the result, or the coarse map a cancel kept
             if run.state == "failed" and run.error:
                 self.state.cs_error = run.error[:1].upper() + run.error[1:]
         self._undo_changed()
-        if run.state == "done" and self.state.cs_show3d:
+        if self.session.segmentation is not None and self.state.cs_show3d:
             await asyncio.sleep(0.05)  # the organs are listed and in the slice views first; surfaces follow
             self.session.show_3d(True)
 
@@ -250,6 +259,25 @@ class ContrastSegWebApp(TrameApp):
     def redo(self):
         self.session.redo()
         self._refresh_rows()
+
+    def _segmentation_modified(self, *_):
+        """Paint, Erase, undo and redo change voxels without a handler of ours: count again once they settle
+        (a second after the last change, so a click's own update reaches the page first)."""
+        self._rows_due = time.monotonic() + 1.0
+        if not self._rows_pending:
+            self._rows_pending = True
+            create_task(self._refresh_rows_later())
+
+    @reported
+    async def _refresh_rows_later(self):
+        try:
+            while time.monotonic() < self._rows_due or self.state.cs_running:
+                await asyncio.sleep(0.25)
+            if self.session.segmentation is not None:
+                self._refresh_rows()
+            self._undo_changed()
+        finally:
+            self._rows_pending = False
 
     def _undo_changed(self, *_):
         stack = self.editor.undo_stack

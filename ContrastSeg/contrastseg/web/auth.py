@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from . import guard
 
@@ -89,8 +89,8 @@ def middleware(token: str | None):
         if verdict == "forbid":
             return web.Response(status=403, text=why)
         if verdict == "redirect":
-            query = {k: v for k, v in request.query.items() if k != "token"}
-            target = request.path + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+            query = [(k, v) for k, v in request.query.items() if k != "token"]
+            target = request.path + ("?" + urlencode(query) if query else "")
             return with_cookie(web.Response(status=302, headers={"Location": target or "/"}))
         if verdict == "check-form":
             form = await request.post()

@@ -25,6 +25,43 @@ from vtkmodules.vtkCommonCore import vtkCommand
 POINT, BOX = "point", "box"
 
 
+class BoxOutline:
+    """The rectangle being dragged, drawn in the view's display coordinates (feedback only)."""
+
+    def __init__(self) -> None:
+        from vtkmodules.vtkCommonCore import vtkPoints
+        from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+        from vtkmodules.vtkRenderingCore import vtkActor2D, vtkPolyDataMapper2D
+
+        self.points = vtkPoints()
+        self.points.SetNumberOfPoints(5)
+        lines = vtkCellArray()
+        lines.InsertNextCell(5, [0, 1, 2, 3, 4])
+        polydata = vtkPolyData()
+        polydata.SetPoints(self.points)
+        polydata.SetLines(lines)
+        mapper = vtkPolyDataMapper2D()
+        mapper.SetInputData(polydata)
+        self.actor = vtkActor2D()
+        self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetColor(1.0, 0.85, 0.0)
+        self.actor.GetProperty().SetLineWidth(2)
+        self.actor.SetVisibility(False)
+        self.start = (0.0, 0.0)
+
+    def show(self, x: float, y: float, start: bool = False) -> None:
+        if start:
+            self.start = (x, y)
+        x0, y0 = self.start
+        for i, (px, py) in enumerate(((x0, y0), (x, y0), (x, y), (x0, y), (x0, y0))):
+            self.points.SetPoint(i, px, py, 0.0)
+        self.points.Modified()
+        self.actor.SetVisibility(True)
+
+    def hide(self) -> None:
+        self.actor.SetVisibility(False)
+
+
 class PromptPipeline(SegmentationEffectPipeline):
     """One slice view's share of the prompt effect: press, move, release; 3D views get none."""
 
@@ -34,6 +71,15 @@ class PromptPipeline(SegmentationEffectPipeline):
         self._events = {int(vtkCommand.LeftButtonPressEvent): self._pressed,
                         int(vtkCommand.LeftButtonReleaseEvent): self._released,
                         int(vtkCommand.MouseMoveEvent): self._moved}
+        self.outline = BoxOutline()
+
+    def OnRendererAdded(self, renderer) -> None:
+        if renderer is not None:
+            renderer.AddViewProp(self.outline.actor)
+
+    def OnRendererRemoved(self, renderer) -> None:
+        if renderer is not None:
+            renderer.RemoveViewProp(self.outline.actor)
 
     def CanProcessInteractionEvent(self, event_data: vtkMRMLInteractionEventData) -> tuple[bool, float]:
         return bool(self.IsActive()) and event_data.GetType() in self._events, 0.0
@@ -44,16 +90,26 @@ class PromptPipeline(SegmentationEffectPipeline):
 
     def _pressed(self, event_data) -> bool:
         self._press = (list(event_data.GetWorldPosition()), int(event_data.GetModifiers()))
+        if self._effect is not None and self._effect.tool == BOX:
+            self.outline.show(*event_data.GetDisplayPosition(), start=True)
+            self.RequestRender()
         return True
 
-    def _moved(self, _event_data) -> bool:
-        return self._press is not None  # a drag in progress belongs to the box, not to panning
+    def _moved(self, event_data) -> bool:
+        if self._press is None:
+            return False
+        if self._effect is not None and self._effect.tool == BOX:  # a drag in progress draws the box
+            self.outline.show(*event_data.GetDisplayPosition())
+            self.RequestRender()
+        return True
 
     def _released(self, event_data) -> bool:
         if self._press is None:
             return False
         (start, modifiers), self._press = self._press, None
         end = list(event_data.GetWorldPosition())
+        self.outline.hide()
+        self.RequestRender()
         effect: PromptEffect = self._effect
         if effect is None:
             return True

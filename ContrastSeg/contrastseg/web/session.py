@@ -92,21 +92,27 @@ class WebSession:
 
     def _load(self, path: Path, name: str, source: str) -> str:
         """Check the CT as the CLI does (`read_ct`: file, header, series, geometry, Hounsfield units), then show
-        exactly that image: what the worker segments is what the page shows."""
+        exactly that image: what the worker segments is what the page shows. The CLI's sentence names the file
+        the page knows (the upload's name, the name under --data-dir), not a path on the server."""
         import SimpleITK as sitk
 
         from ..io import read_ct
 
         if self.run is not None and not self.run.finished:
             raise ContrastSegError("a segmentation is running; cancel it before loading another CT")
-        image = read_ct(path)
+        try:
+            image = read_ct(path)
+        except ContrastSegError as err:
+            raise ContrastSegError(str(err).replace(str(path), source)) from None
         staged = self.work / "loaded.nrrd"
         sitk.WriteImage(image, str(staged), useCompression=False)
+        self.clear()  # the checked CT replaces the old one (and its name is free again)
         try:
-            node = self.scene.GetNodeByID(self.app.volumes_logic.AddArchetypeVolume(str(staged), name, 0).GetID())
+            node = self.app.volumes_logic.AddArchetypeVolume(str(staged), name, 0)
         finally:
             staged.unlink(missing_ok=True)
-        self.clear()
+        if node is None:
+            raise ContrastSegError(f"{source} passed the checks but could not be shown; try saving it as NIfTI")
         self.volume, self.source = node, source
         self.app.display_manager.show_volume(node, do_reset_views=True)
         size = "x".join(str(v) for v in image.GetSize())
@@ -151,12 +157,13 @@ class WebSession:
         if run is None:
             return False
         going = self.logic.poll(run)
-        if not going and run.state == "done":
+        kept = run.result_node if run.state == "done" else run.coarse_node  # a coarse map shown before a cancel stays
+        if not going and kept is not None:
             for node in getattr(self, "_replaced", []):
-                if node is not run.result_node:
+                if node is not kept:
                     self.nodes.remove_node(node)
             self._replaced = []
-            self._activate(run.result_node)
+            self._activate(kept)
         return going
 
     def cancel_segment(self) -> None:

@@ -60,9 +60,9 @@ def _load_section(app) -> None:
                    change=(f"(f => {{ if (!f) return; if (f.size > {app.max_upload_bytes}) {{ cs_error = "
                            f"'The file is ' + Math.round(f.size / 1048576) + ' MB; this app accepts at most "
                            f"{app.max_upload_mb:.0f} MB per file.'; $event.target.value = ''; return; }} "
-                           f"cs_message = 'Uploading ' + f.name + '...'; "
-                           f"trigger('{app.server.controller.trigger_name(app.upload)}', [$event.target.files]); "
-                           "$event.target.value = ''; })($event.target.files[0])"))
+                           f"cs_message = 'Uploading ' + f.name + '...'; const input = $event.target; "
+                           f"trigger('{app.server.controller.trigger_name(app.upload)}', [[f]])"
+                           ".finally(() => { input.value = ''; }); })($event.target.files[0])"))
         with html.Div(v_if=("cs_data_files.length",), classes="d-flex mt-2", style="gap: 6px;"):
             v.VSelect(v_model=("cs_data_file", ""), items=("cs_data_files",), label="File in the data folder",
                       density="compact", hide_details=True, id="data-file-select")
