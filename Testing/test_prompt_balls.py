@@ -1,6 +1,7 @@
-"""The geometry of a click's ball (prompts.py): its size fitted to where it lands, which click decides where
-a positive and a negative ball overlap, and how a change made on the refined grid goes back onto a finer CT. Synthetic masks on a small grid, since this is arithmetic on shapes;
-the same rules on real CT are in test_prompts.py and test_prompts_ircad.py."""
+"""The geometry of a click's ball (clicks.py): its size fitted to where it lands, which click decides where
+a positive and a negative ball overlap, and how a change made on the refined grid goes back onto a finer CT
+(prompt_merge.py). Synthetic masks on a small grid, since this is arithmetic on shapes; the same rules on
+real CT are in test_prompts.py and test_prompts_ircad.py, the lobes of negative clicks in test_clicks.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import SimpleITK as sitk
 
 from scipy import ndimage
 
+from contrastseg import prompt_merge
+from contrastseg.clicks import MIN_BALL_MM, bounding_box
+from contrastseg.clicks import ball as _ball
+from contrastseg.clicks import depth as _depth
+from contrastseg.clicks import fitted_ball as _fitted_ball
+from contrastseg.clicks import nearer_negative
 from contrastseg.preprocess import labels_to_grid
-from contrastseg.prompts import MIN_BALL_MM, Prompts, _ball, _depth, _fitted_ball, _nearer_negative, _onto_ct
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z mm
 
@@ -77,19 +83,32 @@ def test_where_balls_overlap_the_nearer_click_decides():
     shape = (30, 80, 80)
     positive, negative = np.array([15, 40, 34]), np.array([15, 40, 42])  # 8 mm apart in x, balls of 10 mm
     world = lambda zyx: grid.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]])  # noqa: E731
-    prompts = Prompts(positive=[world(positive)], negative=[world(negative)])
+    pos, neg = [world(positive)], [world(negative)]
     excluded = _ball(shape, negative, 10.0, SPACING)
     balls = _ball(shape, positive, 10.0, SPACING)
     assert excluded[tuple(positive)]  # the positive point lies inside the negative ball
-    kept = _nearer_negative(grid, prompts, excluded, balls)
+    kept = nearer_negative(grid, pos, neg, excluded, balls)
     assert not kept[tuple(positive)] and not kept[15, 40, 37] and kept[15, 40, 39] and kept[tuple(negative)]
     assert np.array_equal(kept[:, :, 39:], excluded[:, :, 39:])  # the negative side keeps its whole ball
-    assert np.array_equal(_nearer_negative(grid, Prompts(negative=prompts.negative), excluded, balls), excluded)
+    assert np.array_equal(nearer_negative(grid, [], neg, excluded, balls), excluded)
     # where no positive ball reaches, the negative ball stays whole, even its voxels nearer to the positive point
     small = _ball(shape, positive, 1.0, SPACING)
     assert excluded[15, 40, 36] and not small[15, 40, 36]  # 2 mm from the positive point, 6 from the negative
-    assert _nearer_negative(grid, prompts, excluded, small)[15, 40, 36]
-    assert not _nearer_negative(grid, prompts, excluded, balls)[15, 40, 36]
+    assert nearer_negative(grid, pos, neg, excluded, small)[15, 40, 36]
+    assert not nearer_negative(grid, pos, neg, excluded, balls)[15, 40, 36]
+
+
+def _onto_ct(pred, now, excluded, fine, ct, before) -> np.ndarray:
+    """The organ on the CT's grid after a change made on the refined grid, as refine_organ maps it back."""
+    change = prompt_merge.change_map(pred, now, pred & ~now, excluded)
+    box = bounding_box(change > 0)
+    if box is None:
+        return before
+    box = prompt_merge.mapped_box(box, fine, ct)
+    moved = prompt_merge.onto_grid(change, fine, ct, box)
+    out = before.copy()
+    out[box] = (before[box] | (moved == prompt_merge.ADDED) | (moved == prompt_merge.SEAM)) & (moved != prompt_merge.REMOVED)
+    return out
 
 
 def _grids() -> tuple[sitk.Image, sitk.Image]:

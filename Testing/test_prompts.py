@@ -1,5 +1,6 @@
-"""Prompted refinement's mechanics on real CT (`contrastseg refine-organ`): only the chosen organ changes, RAS and
-IJK points agree on a flipped copy, a negative click removes a false-positive component, bad prompts are one
+"""Prompted refinement's mechanics on real CT (`contrastseg refine-organ`): only the chosen organ changes (a
+positive click may take voxels of another organ, and only by adding them to the clicked one), RAS and IJK
+points agree on a flipped copy, a negative click removes a false-positive component, bad prompts are one
 sentence. (How well one click finds a missed organ depends on a network trained for prompts: issue 9.)"""
 
 from __future__ import annotations
@@ -143,5 +144,42 @@ def test_a_click_at_the_end_of_a_long_vessel_does_not_leak_down_the_volume(tmp_p
     out = _refine(tmp_path, ct, seg, "ivc", "--organ", "inferior_vena_cava", "--point-ijk", f"{x},{y},{z}")
     dice = lambda a: 2 * np.sum(a & truth) / (np.sum(a) + np.sum(truth))  # noqa: E731
     assert dice(out == 9) > dice(before) - 0.05 and np.sum(out == 9) < 1.5 * np.sum(truth)
-    kept = (labels != 9) & (labels != 0)
-    assert np.array_equal(out[kept], labels[kept])
+    others = (labels != 9) & (labels != 0)
+    # another organ's voxels change only by becoming the IVC (what the click's re-prediction took), and only near it
+    taken = others & (out != labels)
+    assert (out[taken] == 9).all() and taken.sum() < 0.2 * np.sum(out == 9)
+
+
+def test_a_leaking_kidney_survives_a_negative_click_on_its_leak(tmp_path):
+    """The example CT's left kidney leaking into the spleen beside it (its label run 13 mm out through the soft
+    tissue and spleen it touches: Dice about 0.86, as the model's leaking kidney was about 0.90 when one
+    negative click deleted it, 0.904 -> 0.285). One negative click in the middle of the largest leak, where the
+    simulated clicks put it, takes that leak and leaves the kidney: the leak is a lobe joined to the kidney
+    through a neck thinner than itself (clicks.clicked_lobe)."""
+    ct = TS / "example_ct.nii.gz"
+    image = read_image(ct)
+    hu = sitk.GetArrayFromImage(image)
+    labels = sitk.GetArrayFromImage(read_labels(TS / "example_seg_fast_force_split.nii.gz", image,
+                                                NAMED_ID_MAPS["totalsegmentator"]))
+    kidney = labels == 3
+    spacing = tuple(reversed(image.GetSpacing()))
+    near = ndimage.distance_transform_edt(~kidney, sampling=spacing) <= 13.0
+    reach = near & (hu > -30) & (hu < 250) & ((labels == 0) | (labels == 1))  # soft tissue and spleen, no fat
+    cc, _ = ndimage.label(reach | kidney)
+    leaking = cc == cc[tuple(np.argwhere(kidney)[len(np.argwhere(kidney)) // 2])]
+    leak = leaking & ~kidney
+    assert (leak & (labels == 1)).sum() > 0.4 * leak.sum()  # much of it spleen: the case this test is for
+    current = np.where(leak, 3, labels).astype(np.uint8)
+    path = tmp_path / "leaking.nii.gz"
+    out_image = sitk.GetImageFromArray(current)
+    out_image.CopyInformation(image)
+    sitk.WriteImage(out_image, str(path))
+    pieces, _ = ndimage.label(leak)
+    largest = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    z, y, x = np.unravel_index(ndimage.distance_transform_edt(largest, sampling=spacing).argmax(), largest.shape)
+    out = _refine(tmp_path, ct, path, "leak", "--organ", "left_kidney", "--neg-point-ijk", f"{x},{y},{z}")
+    dice = lambda a: 2 * np.sum(a & kidney) / (np.sum(a) + np.sum(kidney))  # noqa: E731
+    print(f"\nleaking left kidney: Dice {dice(leaking):.3f} -> {dice(out == 3):.3f} after one negative click on its leak")
+    assert (out[kidney] == 3).mean() > 0.98  # the kidney stays
+    assert (out[largest] == 3).mean() < 0.2 and dice(out == 3) > dice(leaking)  # the leak clicked goes
+    assert np.array_equal(out[~leaking], current[~leaking])  # nothing else changes
