@@ -105,12 +105,14 @@ class ContrastSegWidget(ScriptedLoadableModuleWidget):
 
     def onSceneStartClose(self, caller, event):
         self.panel.onCancel()
+        self.panel.hints.unbind()  # the hint nodes go with the scene
         self.panel.setParameterNode(None)
         self.panel.releaseEditor()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.panel.setParameterNode(self.logic.getParameterNode())
+            self.panel.hints.setupPointWidgets()  # P / N / X place into the new scene's hint nodes at once
 
 
 class ContrastSegLogic(ScriptedLoadableModuleLogic, SegmentationLogic):

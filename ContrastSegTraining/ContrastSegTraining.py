@@ -8,6 +8,7 @@ scripted-module template has them; the work is in ContrastSegTrainingLib. Withou
 """
 
 from pathlib import Path
+from typing import Optional
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -84,7 +85,7 @@ class ContrastSegTrainingWidget(ScriptedLoadableModuleWidget):
 class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
     """Export, dataset, runs, chart and compare, without Qt (the widget and the tests call the same methods)."""
 
-    def __init__(self, runner=None, python=None, dataset: Path | None = None):
+    def __init__(self, runner=None, python=None, dataset: Optional[Path] = None):
         from ContrastSegTrainingLib.runs import RunLogic
 
         ScriptedLoadableModuleLogic.__init__(self)
@@ -101,7 +102,7 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
 
         return self.dataset or default_dataset()
 
-    def useDatasetFolder(self, path: str) -> str | None:
+    def useDatasetFolder(self, path: str) -> Optional[str]:
         """Use the dataset at `path` from now on; None, or why not (an empty path would be Slicer's working
         directory, so the current folder stays)."""
         path = (path or "").strip()
@@ -158,7 +159,17 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
     def check(self, settings: TrainingSettings):
         return self.runLogic.check(self.request(settings))
 
-    def launch(self, settings: TrainingSettings, run_dir: Path | None = None, extra_finetune_args=None):
+    def startCheck(self, settings: TrainingSettings):
+        """The checks before a run, the GPU's in a background engine process (poll with checkRunning)."""
+        return self.runLogic.start_check(self.request(settings))
+
+    def checkRunning(self, pending) -> bool:
+        return self.runLogic.check_running(pending)
+
+    def checkResult(self, pending):
+        return self.runLogic.check_result(pending)
+
+    def launch(self, settings: TrainingSettings, run_dir: Optional[Path] = None, extra_finetune_args=None):
         return self.runLogic.launch(self.request(settings, extra_finetune_args), run_dir)
 
     def findRuns(self) -> list[dict]:
@@ -189,7 +200,7 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
         return self._compare
 
     @staticmethod
-    def compareProblem(volume, old_model: str | None, new_model: str | None) -> str | None:
+    def compareProblem(volume, old_model: Optional[str], new_model: Optional[str]) -> Optional[str]:
         """Why Compare cannot start with these choices (empty model lists before any training), or None."""
         if not old_model or not new_model or volume is None:
             return "Choose a CT and two models to compare (train one first if the lists are empty)."

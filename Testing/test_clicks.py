@@ -64,3 +64,20 @@ def test_a_positive_hint_protects_the_lobe_it_is_in():
     anchor[20, 20, 14] = True
     removed, _ = negative_removal(organ, [(20, 20, 20)], SPACING, 8.0, protected=anchor)
     assert 0 < removed.sum() < 0.5 * organ.sum()  # the ball, not the piece the user said is the organ
+
+
+def test_a_corrections_record_says_which_organ_took_voxels_from_which():
+    """The dataset entry's provenance (corrections.changes): besides each organ's added and removed voxels,
+    which organ's voxels went to which, so a kidney taken back from the spleen is not read as a miss and a leak."""
+    from contrastseg.corrections import changes
+
+    initial = np.zeros((3, 4, 4), dtype=np.uint8)
+    initial[0], initial[1, :2] = 1, 2  # spleen, right kidney
+    final = initial.copy()
+    final[0, :2] = 2  # the kidney takes 8 spleen voxels
+    final[1, :1] = 0  # loses 4 to background
+    final[2, 0] = 6  # the liver grows into background
+    record = changes(initial, final)
+    assert record["relabelled"] == {"right_kidney": {"spleen": 8}}
+    assert record["edited"]["right_kidney"] == {"id": 2, "added": 8, "removed": 4}
+    assert record["changed_voxels"] == 16

@@ -48,6 +48,7 @@ UI_CLASSES = {
     "clickOrganComboBox": "QComboBox", "positivePlaceWidget": "qSlicerMarkupsPlaceWidget",
     "negativePlaceWidget": "qSlicerMarkupsPlaceWidget", "clickApplyButton": "QPushButton",
     "boxPlaceWidget": "qSlicerMarkupsPlaceWidget", "paintHintButton": "QPushButton", "clickStatusLabel": "QLabel",
+    "clickCancelButton": "QPushButton", "clickImmediateCheckBox": "QCheckBox",
 }
 # parameterNodeWrapper's connectors compare the widget type exactly (guiConnectors.py).
 CONNECTOR_WIDGET = {bool: "QCheckBox", int: "QSpinBox", str: "QComboBox"}

@@ -108,8 +108,9 @@ class InstallLogic:
         importlib.invalidate_caches()
         return missing_requirements(self.version_of)
 
-    def install(self, confirm: Callable[[str], bool], on_step: Callable[[int, int, str], None] | None = None) -> bool:
-        """Install what is missing; False if the user declined. Raises RuntimeError with a readable cause."""
+    def install(self, confirm: Callable[[str], bool], on_step: Callable[[int, int, str], bool | None] | None = None) -> bool:
+        """Install what is missing; False if the user declined, or cancelled: `on_step` returning False (the
+        progress dialog's Cancel) stops before the next package. Raises RuntimeError with a readable cause."""
         missing = self.missing()
         if not missing:
             return True
@@ -120,13 +121,16 @@ class InstallLogic:
         if not confirm(consent_text(missing)):
             return False
         step = on_step or (lambda i, n, text: None)
+        if step(0, len(missing), "Preparing to install the Python requirements...") is False:
+            return False
         import slicer
 
         torch_missing = any(split_requirement(r)[0] == "torch" for r in missing)
         with tempfile.TemporaryDirectory(prefix="ContrastSeg-install-") as tmp:
             total = len(missing)
             if torch_missing:
-                step(0, total, "Installing PyTorch through the PyTorch extension...")
+                if step(0, total, "Installing PyTorch through the PyTorch extension...") is False:
+                    return False
                 self._install_torch()
             # written after torch is in, so the constraints pin the torch PyTorchUtils chose
             constraints_file = Path(tmp) / "constraints.txt"
@@ -134,7 +138,8 @@ class InstallLogic:
             commands = pip_commands(missing, constraints_file)
             done = int(torch_missing)
             for args in commands:
-                step(done, total, f"Installing {args[0]} ...")
+                if step(done, total, f"Installing {args[0]} ...") is False:
+                    return False  # what is installed stays; the next Segment asks for the rest
                 slicer.util.pip_install(args)
                 done += 1
         step(total, total, "Python requirements installed.")

@@ -87,7 +87,11 @@ def read_labelmap(path: Path):
     if node is None:
         raise OSError(f"could not read the label map {path}")
     try:
-        return slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(node)
+        image = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(node)
+        # a new reference the wrapper does not own (Slicer's own Python releases it): without this, one
+        # CT-sized image leaked per loaded result
+        image.UnRegister(None)
+        return image
     finally:
         for n in (node.GetDisplayNode(), node.GetStorageNode(), node):
             if n is not None:
@@ -233,3 +237,23 @@ def _lps_geometry(like) -> tuple:
     direction = tuple(flip[r] * directions.GetElement(r, c) for r in range(3) for c in range(3))
     origin = tuple(f * v for f, v in zip(flip, like.GetOrigin()))
     return tuple(like.GetSpacing()), origin, direction
+
+
+def organ_segment(segmentation_node, organ_id_: int):
+    """The segment of an organ (ID: its key), made empty with its name, colour and terminology if the user
+    deleted it."""
+    organ = BY_ID[organ_id_]
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(organ.key) is None:
+        segmentation.AddEmptySegment(organ.key, organ.name, [c / 255.0 for c in organ.color])
+        segment = segmentation.GetSegment(organ.key)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), organ.terminology_entry())
+        segment.SetTag(ORGAN_TAG, str(organ.id))
+    return segmentation.GetSegment(organ.key)
+
+
+def set_segment(segmentation_node, segment_id: str, mask, volume_node) -> None:
+    """Replace a segment's voxels by `mask` ((k, j, i) on `volume_node`'s grid). Through the segmentation logic's
+    label map import, which keeps each segment's label value in a shared layer: a box-limited merge through
+    SetBinaryLabelmapToSegment wrote an empty segment's new voxels under another segment's label value."""
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype("uint8"), segmentation_node, segment_id, volume_node)

@@ -66,6 +66,7 @@ class EngineProcess:
     _stderr_file: Path | None = None
     returncode: int | None = None
     cancelled: bool = False
+    _kill_at: float | None = None  # when a cancelled process still alive gets SIGKILL (cancel(wait=False))
 
     def start(self) -> "EngineProcess":
         env = dict(os.environ, **(self.env or {}), PYTHONUNBUFFERED="1")
@@ -108,6 +109,10 @@ class EngineProcess:
         return self._pipes["out"].take(final)
 
     def running(self) -> bool:
+        self._escalate()
+        return self._alive()
+
+    def _alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
         return pid_alive(self.pid)
@@ -140,14 +145,18 @@ class EngineProcess:
         self.poll()
         return self.returncode
 
-    def cancel(self, grace: float = 3.0) -> None:
-        """Stop the whole process tree: SIGTERM to its process group, SIGKILL after `grace` seconds."""
+    def cancel(self, grace: float = 3.0, wait: bool = True) -> None:
+        """Stop the whole process tree: SIGTERM to its process group, SIGKILL after `grace` seconds.
+
+        `wait=False` returns at once (the GUI thread must not sleep through the grace period): `running()` and
+        `poll()` send the SIGKILL once the grace period is over."""
         self.cancelled = True
         if self.pid is None or not self.running():
             return
         if os.name == "nt":  # Windows has no process groups (nor killpg): taskkill /T ends the tree
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.pid)], capture_output=True)
-            if self.proc is not None:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.pid)], capture_output=True,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            if self.proc is not None and wait:
                 self.proc.wait()
             self.poll()
             return
@@ -155,17 +164,27 @@ class EngineProcess:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        end = time.monotonic() + grace
-        while self.running() and time.monotonic() < end:
+        self._kill_at = time.monotonic() + grace
+        if not wait:
+            return
+        while self.running() and time.monotonic() < self._kill_at:
             time.sleep(0.05)
-        if self.running():
+        self._escalate(force=True)
+        if self.proc is not None:
+            self.proc.wait()
+        self.poll()
+
+    def _escalate(self, force: bool = False) -> None:
+        """SIGKILL a cancelled process still alive after its grace period."""
+        kill_at = self._kill_at
+        if kill_at is None or not (force or time.monotonic() >= kill_at):
+            return
+        if self._alive():
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.proc is not None:
-            self.proc.wait()
-        self.poll()
+        self._kill_at = None
 
     def error_message(self) -> str | None:
         """The engine's own sentence for a failure (its error event, else the last stderr line)."""

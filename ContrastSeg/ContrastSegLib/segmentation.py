@@ -92,8 +92,12 @@ class SegmentationRun:
             return "Failed."
         if self.state == "cancelled":
             return "Cancelled."
-        if not self.stage:
-            return "Starting the engine (loading PyTorch)..."
+        if not self.stage or (self.stage == "read" and self.message in ("starting the engine", "opening the CT")
+                              and self.fraction == 0):
+            # the worker's first event says it was asked to start or open; the torch import and the CT's
+            # reading follow without a report: "Reading the CT: 0%" stood there through the whole import
+            return ("Starting the engine (loading PyTorch)..." if self.message != "opening the CT"
+                    else "Opening the CT in the engine...")
         stage = STAGE_NAMES.get(self.stage, self.stage)
         text = f"{stage[:1].upper()}{stage[1:]}: {self.fraction * 100:.0f}%"
         if self.eta is not None:
@@ -297,6 +301,25 @@ def keep_initial(path: Path) -> Path | None:
     except OSError:
         return None
     return target
+
+
+def only_volume(scene):
+    """The scene's only scalar volume that is not a label map (the CT the user means), else None."""
+    found = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    found = [n for n in found if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
+    return found[0] if len(found) == 1 else None
+
+
+def segment_blocked(volume, no_organs: bool, running: bool) -> str | None:
+    """Why Segment cannot start now (shown on the disabled button), or None."""
+    if running:
+        return "A segmentation is running: wait for it or cancel it."
+    if volume is None:
+        return "Select a CT volume first (or load the sample CT)."
+    if no_organs:
+        return "Choose at least one organ to segment."
+    return None
 
 
 def _same_path(a: Path, b: Path | None) -> bool:

@@ -74,6 +74,10 @@ class Panel:
             "settings.show3D": self.ui.show3DCheckBox,
             "settings.threads": self.ui.threadsSpinBox,
         })
+        if parameterNode.inputVolume is None:  # the only CT in the scene is the one to segment
+            from .segmentation import only_volume
+
+            parameterNode.inputVolume = only_volume(slicer.mrmlScene)
         self.fillModels()  # and the organs of the chosen model
         self.selectEditorNode()
         self.ui.segmentEditorWidget.updateWidgetFromMRML()
@@ -170,6 +174,7 @@ class Panel:
         dialog = None
 
         def step(i, n, text):
+            """Show the step; False once the dialog's Cancel was pressed (the install stops there)."""
             nonlocal dialog
             if dialog is None:
                 dialog = slicer.util.createProgressDialog(value=0, maximum=n, labelText=text,
@@ -178,6 +183,7 @@ class Panel:
             dialog.setLabelText(text)
             self.ui.statusLabel.setText(text)
             slicer.app.processEvents()
+            return not dialog.wasCanceled
 
         try:
             ok = self.installLogic.install(
@@ -190,7 +196,8 @@ class Panel:
             if dialog is not None:
                 dialog.close()
         if not ok:
-            self.showError("ContrastSeg cannot segment without its Python requirements (installation declined).")
+            self.showError("ContrastSeg cannot segment without its Python requirements (installation declined or "
+                           "cancelled; press Install requirements to go on).")
         return ok
 
     # ------------------------------------------------------------------ running
@@ -249,12 +256,16 @@ class Panel:
         self.ui.errorLabel.setVisible(bool(message))
 
     def updateButtons(self, volume=False) -> None:
-        """`volume`: the CT just chosen (from the selector's signal); False: read it from the parameter node."""
+        """`volume`: the CT just chosen (from the selector's signal); False: read it from the parameter node.
+        A disabled Segment button says why in its tooltip."""
+        from .segmentation import segment_blocked
+
         running = self.run is not None and not self.run.finished
         if volume is False:
             volume = self.params.inputVolume if self.params is not None else None
-        self.ui.applyButton.setEnabled(not running and volume is not None
-                                       and not self._noOrgans)
+        why = segment_blocked(volume, self._noOrgans, running)
+        self.ui.applyButton.setEnabled(why is None)
+        self.ui.applyButton.setToolTip(why or "Segment the CT: the coarse map first, then the refined one.")
         self.ui.cancelButton.setEnabled(running)
         self.ui.inputsCollapsibleButton.setEnabled(not running)
 

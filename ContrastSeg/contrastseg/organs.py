@@ -12,6 +12,10 @@ from dataclasses import dataclass
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 RIGHT = ("SCT", "24028007", "Right")
 LEFT = ("SCT", "7771000", "Left")
+GENERAL_ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list"
+# The inferior vena cava and the portal vein are not in Slicer's General Anatomy list (5.6-5.10): an entry naming
+# it for them points nowhere, and Slicer's terminology selector shows no match. The DICOM master list has both.
+DICOM_MASTER = "Segmentation category and type - DICOM master list"
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,14 @@ class Organ:
     color: tuple[int, int, int]
     snomed: tuple[str, str, str]
     modifier: tuple[str, str, str] | None = None
+    context: str = GENERAL_ANATOMY  # the Slicer terminology list that holds this SNOMED CT type
 
     def terminology_entry(self) -> str:
         """The Slicer segment tag `TerminologyEntry` string for this organ (Slicer 5 format)."""
         code = lambda triple: "^".join(triple) if triple else "^^"  # noqa: E731
         return "~".join(
             [
-                "Segmentation category and type - 3D Slicer General Anatomy list",
+                self.context,
                 code(ANATOMICAL_STRUCTURE),
                 code(self.snomed),
                 code(self.modifier),
@@ -50,8 +55,10 @@ ORGANS: tuple[Organ, ...] = (
     Organ(6, "liver", "liver", (221, 130, 101), ("SCT", "10200004", "Liver")),
     Organ(7, "stomach", "stomach", (245, 160, 200), ("SCT", "69695003", "Stomach")),
     Organ(8, "aorta", "aorta", (224, 97, 76), ("SCT", "15825003", "Aorta")),
-    Organ(9, "inferior_vena_cava", "inferior vena cava", (0, 151, 206), ("SCT", "64131007", "Inferior vena cava")),
-    Organ(10, "portal_splenic_vein", "portal and splenic vein", (0, 112, 165), ("SCT", "32764006", "Portal vein")),
+    Organ(9, "inferior_vena_cava", "inferior vena cava", (0, 151, 206), ("SCT", "64131007", "Inferior vena cava"),
+          context=DICOM_MASTER),
+    Organ(10, "portal_splenic_vein", "portal and splenic vein", (0, 112, 165), ("SCT", "32764006", "Portal vein"),
+          context=DICOM_MASTER),
     Organ(11, "pancreas", "pancreas", (249, 180, 111), ("SCT", "15776009", "Pancreas")),
     Organ(12, "right_adrenal_gland", "right adrenal gland", (244, 214, 49), ("SCT", "23451007", "Adrenal gland"), RIGHT),
     Organ(13, "left_adrenal_gland", "left adrenal gland", (200, 170, 20), ("SCT", "23451007", "Adrenal gland"), LEFT),

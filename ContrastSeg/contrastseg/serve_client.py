@@ -40,8 +40,11 @@ class Client:
     def start(self, wait: bool = True, timeout: float = 300.0) -> "Client":
         """Start the worker; with `wait`, until it says it is ready (importing torch takes seconds). Requests sent
         before that wait in its stdin, so a caller that polls need not wait (`wait=False`)."""
+        # the protocol is UTF-8 whatever the locale (Windows' is often cp1252); a byte that is not UTF-8 becomes a
+        # replacement character instead of an exception that ended the reader thread and left take() waiting
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1, env=self.env, **own_group())
+                                     text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.env,
+                                     **own_group())
         self._messages: dict = collections.defaultdict(collections.deque)  # request id -> messages not yet taken
         self._changed = threading.Condition()
         self._eof = False
@@ -156,37 +159,45 @@ class Client:
         raise ContrastSegError(self._dead(when))
 
     def _read_stdout(self, proc) -> None:
-        """Runs on a thread per process; after a restart the old process's thread leaves the new state alone."""
-        for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-                if not isinstance(msg, dict):
-                    raise ValueError("not an object")
-            except ValueError:  # a stray print from a library: not part of the protocol
-                msg = None
+        """Runs on a thread per process; after a restart the old process's thread leaves the new state alone.
+        However the reading ends (end of file, or an error), the end is marked, so nobody waits for ever."""
+        try:
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                    if not isinstance(msg, dict):
+                        raise ValueError("not an object")
+                except ValueError:  # a stray print from a library: not part of the protocol
+                    msg = None
+                with self._changed:
+                    if proc is not self.proc:
+                        return
+                    if msg is None:
+                        self._stderr_tail.append(line.rstrip())
+                        continue
+                    rid = msg.get("id")
+                    if "ok" in msg:
+                        self.outstanding.discard(rid)
+                    if rid not in self.abandoned:
+                        self._messages[rid].append(msg)
+                    self._changed.notify_all()
+        except (OSError, ValueError) as err:  # a closed pipe, an undecodable stream
+            self._stderr_tail.append(f"reading the worker's answers failed: {err}")
+        finally:
             with self._changed:
-                if proc is not self.proc:
-                    return
-                if msg is None:
-                    self._stderr_tail.append(line.rstrip())
-                    continue
-                rid = msg.get("id")
-                if "ok" in msg:
-                    self.outstanding.discard(rid)
-                if rid not in self.abandoned:
-                    self._messages[rid].append(msg)
-                self._changed.notify_all()
-        with self._changed:
-            if proc is self.proc:
-                self._eof = True
-                self._changed.notify_all()
+                if proc is self.proc:
+                    self._eof = True
+                    self._changed.notify_all()
 
     def _read_stderr(self, proc) -> None:
-        for line in proc.stderr:
-            if proc is not self.proc:
-                return
-            if line.strip():
-                self._stderr_tail.append(line.rstrip())
+        try:
+            for line in proc.stderr:
+                if proc is not self.proc:
+                    return
+                if line.strip():
+                    self._stderr_tail.append(line.rstrip())
+        except (OSError, ValueError):  # the pipe closed under us: its last words are what we have
+            pass
 
     def _dead(self, when: str) -> str:
         code = None

@@ -11,8 +11,6 @@ The process runner is injected, so tests can use the real `EngineProcess` or a s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +168,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+@dataclass
+class PendingCheck:
+    """The checks before a run starts: the plan's verdict, and the GPU check's process while it runs."""
+
+    result: object
+    process: object = None
+    done: bool = False
+
+
 class RunLogic:
     """Plans and launches runs and follows them; `runner` is the process class (EngineProcess by default)."""
 
@@ -177,26 +184,55 @@ class RunLogic:
         self.runner = runner
         self.python = python
 
-    def check(self, request: RunRequest):
-        """The guard rails' verdict without starting anything (errors, warnings, suggested batch). The GPU
-        memory check runs in an engine process (`contrastseg run gpu-check`): Slicer's never imports torch."""
+    def check(self, request: RunRequest, timeout: float = 300.0):
+        """The guard rails' verdict without starting anything (errors, warnings, suggested batch), waited for
+        (tests, scripts); the panel uses `start_check` / `check_result`, which never block Slicer."""
+        pending = self.start_check(request)
+        end = time.monotonic() + timeout
+        while self.check_running(pending):
+            if time.monotonic() > end:
+                pending.process.cancel(wait=False)
+                pending.result.errors.append(f"the GPU check gave no answer within {timeout:.0f} s")
+                return pending.result
+            time.sleep(0.1)
+        return self.check_result(pending)
+
+    def start_check(self, request: RunRequest) -> "PendingCheck":
+        """Start the checks: the plan's at once, the GPU memory check in an engine process (`contrastseg run
+        gpu-check`: Slicer's never imports torch), in its own process group with no console window."""
         result = preflight(request, probe_gpu=False)
         if result.errors or request.device == "cpu":
-            return result
+            return PendingCheck(result, None)
         args = ["run", "gpu-check", "--device", request.device, "--batch", str(request.batch)]
         args += ["--base", str(request.base)] if request.base else []
         args += ["--finetune-args", " ".join(request.finetune_args)] if request.finetune_args else []
-        proc = subprocess.run(engine_command(*args, python=self.python or slicer_python()), capture_output=True,
-                              text=True, timeout=300, env={**os.environ, **engine_env()})
-        try:
-            answer = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            result.errors.append(f"the GPU check failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+        process = EngineProcess(engine_command(*args, python=self.python or slicer_python()), env=engine_env()).start()
+        return PendingCheck(result, process)
+
+    @staticmethod
+    def check_running(pending: "PendingCheck") -> bool:
+        """Read what the GPU check wrote; True while it runs."""
+        if pending.process is None:
+            return False
+        pending.process.poll()
+        return pending.process.running()
+
+    @staticmethod
+    def check_result(pending: "PendingCheck"):
+        """The verdict once the GPU check ended (its last JSON line), or the reason it failed."""
+        result, process = pending.result, pending.process
+        if process is None or pending.done:
             return result
-        result.errors += [answer["error"]] if answer["error"] else []
-        result.warnings += [answer["warning"]] if answer["warning"] else []
-        result.suggested_batch = answer["suggested_batch"]
+        pending.done = True
+        process.poll()
+        answer = next((e.data for e in reversed(process.events) if "suggested_batch" in e.data), None)
+        if answer is None:
+            why = process.error_message() or f"exit code {process.returncode}"
+            result.errors.append(f"the GPU check failed: {why}")
+            return result
+        result.errors += [answer["error"]] if answer.get("error") else []
+        result.warnings += [answer["warning"]] if answer.get("warning") else []
+        result.suggested_batch = answer.get("suggested_batch")
         return result
 
     def launch(self, request: RunRequest, run_dir: Path | None = None, on_update=None) -> RunMonitor:
@@ -242,9 +278,10 @@ class RunLogic:
         return monitor
 
     def cancel(self, monitor: RunMonitor) -> None:
-        """Stop the run's process tree; the run can be resumed later."""
+        """Stop the run's process tree without waiting on the GUI thread (SIGKILL follows, from a later poll, if
+        it has not stopped after the grace period); the run can be resumed later."""
         if monitor.process is not None:
-            monitor.process.cancel()
+            monitor.process.cancel(wait=False)
         monitor.poll()
         if monitor.status == "running":
             monitor.status = "cancelled"

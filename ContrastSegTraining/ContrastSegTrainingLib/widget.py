@@ -55,6 +55,8 @@ class Panel:
         ui.cancelButton.clicked.connect(self.onCancel)
         ui.showChartButton.clicked.connect(self.showChart)
         ui.compareButton.clicked.connect(self.onCompare)
+        ui.compareCancelButton.clicked.connect(self.cancelComparison)
+        self.pendingCheck = None  # the checks before a run starts, while the GPU check runs
         ui.stagesComboBox.currentIndexChanged.connect(lambda *_: self.updateButtons())
         ui.datasetTable.setColumnCount(len(COLUMNS))
         ui.datasetTable.setHorizontalHeaderLabels(list(COLUMNS))
@@ -176,8 +178,26 @@ class Panel:
             self.ui.datasetStatusLabel.setText(text)
 
     def onStart(self) -> None:
+        """Check, then launch. The GPU check runs in an engine process (seconds to minutes): the timer polls it
+        under a busy cursor and `afterCheck` launches, so Slicer never waits on it."""
+        if self.pendingCheck is not None:
+            return
         settings = self.settings()
-        check = self.logic.check(settings)
+        with slicer.util.tryWithErrorDisplay("Could not check the run.", waitCursor=True):
+            self.pendingCheck = (self.logic.startCheck(settings), settings)
+            if self.pendingCheck[0].process is not None:
+                qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
+                self.ui.guardLabel.setText("Checking the GPU's memory for this run...")
+            self.onTimer()
+            self.timer.start()
+
+    def afterCheck(self) -> None:
+        """The checks are in: refuse with their reasons, or ask about a smaller batch, then launch."""
+        pending, settings = self.pendingCheck
+        self.pendingCheck = None
+        if pending.process is not None:
+            qt.QApplication.restoreOverrideCursor()
+        check = self.logic.checkResult(pending)
         if check.errors:
             self.ui.guardLabel.setText("Cannot start: " + " ".join(check.errors))
             return
@@ -204,10 +224,9 @@ class Panel:
             self.follow(self.logic.resume(self.monitor.run_dir))
 
     def onCancel(self) -> None:
+        """Cancel the training run only (the comparison has its own Cancel); returns at once."""
         if self.monitor is not None and self.monitor.process is not None:
             self.logic.cancel(self.monitor)
-        if self.comparison is not None and not self.comparison.finished:
-            self.logic.cancelComparison(self.comparison)
         self.onTimer()
 
     def follow(self, monitor: RunMonitor) -> None:
@@ -247,6 +266,11 @@ class Panel:
     # ------------------------------------------------------------------ timer
     def onTimer(self) -> None:
         busy = False
+        if self.pendingCheck is not None:
+            if self.logic.checkRunning(self.pendingCheck[0]):
+                busy = True
+            else:
+                self.afterCheck()
         if self.monitor is not None:
             was_running = self.monitor.process is not None
             busy |= self.monitor.poll()
@@ -278,7 +302,9 @@ class Panel:
         running = self.monitor is not None and self.monitor.process is not None
         resumable = self.monitor is not None and self.monitor.process is None and self.monitor.status in (
             "interrupted", "cancelled", "failed")
-        self.ui.cancelButton.setEnabled(running or self.comparison is not None)
+        self.ui.cancelButton.setEnabled(running)
+        self.ui.compareCancelButton.setEnabled(self.comparison is not None)
+        self.ui.startButton.setEnabled(self.pendingCheck is None)
         self.ui.resumeButton.setEnabled(resumable)
         self.ui.showChartButton.setEnabled(self.monitor is not None and bool(self.monitor.losses))
         pretrain = self.ui.stagesComboBox.currentText == PRETRAIN_FINETUNE
@@ -286,11 +312,13 @@ class Panel:
             w.setEnabled(pretrain)
 
     def cancelComparison(self) -> None:
-        """A running comparison segments into the scene: stop it before the scene closes or the panel goes."""
+        """Stop the comparison (its Cancel button; and before the scene closes or the panel goes: it segments
+        into the scene); a training run goes on."""
         if self.comparison is not None:
             self.logic.cancelComparison(self.comparison)
             self.comparison = None
             self.ui.compareStatusLabel.setText("Comparison cancelled.")
+        self.updateButtons()
 
     def cleanup(self) -> None:
         """Leaving Slicer does not stop a run: it keeps training and is re-attached next time."""
