@@ -7,7 +7,9 @@ Measures, each from the caller's side (process start, pipes and files included):
     of the open CT, and a positive click at the centre of the right kidney (`refine`, label files as the
     Slicer module exchanges them: uncompressed .nii), repeated `--clicks` times.
 
-    python scripts/bench_worker.py [--case ircad] [--threads 2] [--clicks 5] [--device cpu]
+    python scripts/bench_worker.py [--case ircad] [--threads 2] [--clicks 5] [--device cpu] [--only-clicks]
+
+`--only-clicks` skips the CLI run and the second segment (the click latency alone, on a busy machine).
 
 Cases are the loop experiment's (read in place from ../shared/data). Run it on an otherwise idle machine.
 """
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--clicks", type=int, default=5)
+    ap.add_argument("--only-clicks", action="store_true", help="skip the CLI run and the second segment")
     args = ap.parse_args()
     from contrastseg.io import read_image
     from contrastseg.serve_client import Client
@@ -49,8 +52,9 @@ def main() -> None:
     runtime = ["--device", args.device, "--threads", str(args.threads)]
     try:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "contrastseg.cli", "segment", str(ct_path), "-o", str(work / "cli.nii.gz"),
-                        "--progress", "none", *runtime], check=True, env=env)
+        if not args.only_clicks:
+            subprocess.run([sys.executable, "-m", "contrastseg.cli", "segment", str(ct_path), "-o",
+                            str(work / "cli.nii.gz"), "--progress", "none", *runtime], check=True, env=env)
         cli = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -61,7 +65,7 @@ def main() -> None:
         assert opened["ok"], opened
         open_s = time.perf_counter() - t
         segs = []
-        for i in range(2):
+        for i in range(1 if args.only_clicks else 2):
             t = time.perf_counter()
             seg = client.request("segment", ct=opened["ct"], output=str(work / f"worker{i}.nii.gz"))
             assert seg["ok"], seg
@@ -77,6 +81,7 @@ def main() -> None:
                                        output=str(work / "fixed.nii"), points_ras=[[-lps[0], -lps[1], lps[2]]])
                 assert fixed["ok"], fixed
                 clicks.append(time.perf_counter() - t)
+                print(f"click {len(clicks)}: {clicks[-1]:.2f} s, {fixed['change']}", flush=True)
         client.request("shutdown")
         client.stop()
     finally:
@@ -84,12 +89,14 @@ def main() -> None:
     size = "x".join(map(str, image.GetSize()))
     print(f"\n{args.case} ({size}), {args.device}, {args.threads} threads")
     print("| path | seconds |\n| --- | --- |")
-    print(f"| CLI `contrastseg segment`, start to exit | {cli:.1f} |")
+    if not args.only_clicks:
+        print(f"| CLI `contrastseg segment`, start to exit | {cli:.1f} |")
     print(f"| worker: start to ready | {ready:.1f} |")
     print(f"| worker: open (read the CT, load the model) | {open_s:.1f} |")
     print(f"| worker: first segment | {segs[0]:.1f} |")
     print(f"| worker: start + open + first segment | {ready + open_s + segs[0]:.1f} |")
-    print(f"| worker: segment again (CT open) | {segs[1]:.1f} |")
+    if len(segs) > 1:
+        print(f"| worker: segment again (CT open) | {segs[1]:.1f} |")
     if clicks:
         print(f"| worker: one right-kidney click, median of {len(clicks)} (first {clicks[0]:.1f}) | {float(np.median(clicks)):.1f} |")
 

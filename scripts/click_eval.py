@@ -4,7 +4,9 @@ organ, starting from the model's own segmentation, through the warm worker (`con
 After each prediction the next click goes to the innermost voxel (largest distance to the boundary, in mm)
 of the largest error component: a positive click on a miss, a negative click on a false positive. Cases
 (read in place from ../shared/data): IRCAD patient 1 (manual masks) and the TotalSegmentator CTs (their
-labels are a model's output). Also prints the time per interaction inside the worker.
+labels are a model's output). The worker applies today's rules (docs/clicks.md): a positive click takes its organ
+from whichever organ holds it, a negative click in the middle of a piece takes the piece. Prints the table per
+organ, the means per CT, how many voxels the clicks took from other organs, and the time per interaction.
 
     python scripts/click_eval.py [--clicks 5] [--cases ircad,ts_example_ct_sm] [--organs right_kidney,spleen] [--model M]
 """
@@ -65,7 +67,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="click-eval-"))
     client = Client([sys.executable, "-m", "contrastseg.cli", "serve", "--stdio", "--threads", str(args.threads)],
                     env=dict(os.environ)).start()
-    rows, times = [], []
+    rows, times, taken = [], [], {}
     try:
         for case in args.cases.split(","):
             image_path = CASES[case][0]
@@ -97,6 +99,9 @@ def main() -> None:
                                             output=str(out), points_ras=points_pos, neg_points_ras=points_neg)
                     times.append(time.perf_counter() - t0)
                     assert answer["ok"], answer
+                    for other, n in (answer["change"].get("taken") or {}).items():
+                        key = (case, BY_ID[organ].key, other)
+                        taken[key] = taken.get(key, 0) + n
                     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) == organ
                     scores.append(dice(pred, truth[organ]))
                     if noc is None and scores[-1] >= 0.85:
@@ -113,6 +118,18 @@ def main() -> None:
     for case, organ, s, noc in rows:
         print(f"| {case} | {organ.replace('_', ' ')} | {s[0]:.3f} | {pick(s, 1):.3f} | {pick(s, 3):.3f} | {pick(s, 5):.3f} | "
               f"{noc if noc is not None else f'>{args.clicks}'} |")
+    print("\n| CT | organs | mean Dice before | after 1 click | after 3 | after 5 | NoC@85 reached |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == case]
+        mean = lambda k: float(np.mean([pick(r[2], k) for r in mine]))  # noqa: E731
+        reached = sum(1 for r in mine if r[3] is not None)
+        print(f"| {case} | {len(mine)} | {mean(0):.3f} | {mean(1):.3f} | {mean(3):.3f} | {mean(5):.3f} | "
+              f"{reached} of {len(mine)} |")
+    if taken:
+        print("\nvoxels the clicks for an organ took from another organ (all clicks):")
+        for (case, organ, other), n in sorted(taken.items()):
+            print(f"  {case} {organ} <- {other}: {n}")
     if times:
         print(f"\ntime per interaction (request to answer, label files read and written): median {np.median(times):.1f} s, max {max(times):.1f} s "
               f"({len(times)} interactions, {args.threads} threads)")
