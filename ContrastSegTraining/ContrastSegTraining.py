@@ -181,8 +181,8 @@ class ContrastSegTrainingLogic(ScriptedLoadableModuleLogic):
     def resume(self, run_dir: Path):
         return self.runLogic.resume(run_dir)
 
-    def cancel(self, monitor) -> None:
-        self.runLogic.cancel(monitor)
+    def cancel(self, monitor, wait: bool = True) -> None:
+        self.runLogic.cancel(monitor, wait=wait)
 
     @staticmethod
     def updateChart(monitor):

@@ -9,7 +9,8 @@ Measures, each from the caller's side (process start, pipes and files included):
 
     python scripts/bench_worker.py [--case ircad] [--threads 2] [--clicks 5] [--device cpu] [--only-clicks]
 
-`--only-clicks` skips the CLI run and the second segment (the click latency alone, on a busy machine).
+`--only-clicks` skips the CLI run and the second segment (the click latency alone, on a busy machine);
+`--labels PATH` clicks on that label map (e.g. an earlier segmentation of the CT) instead of segmenting first.
 
 Cases are the loop experiment's (read in place from ../shared/data). Run it on an otherwise idle machine.
 """
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--only-clicks", action="store_true", help="skip the CLI run and the second segment")
+    ap.add_argument("--labels", type=Path, default=None, help="click on this label map instead of segmenting first")
     args = ap.parse_args()
     from contrastseg.io import read_image
     from contrastseg.serve_client import Client
@@ -65,7 +67,7 @@ def main() -> None:
         assert opened["ok"], opened
         open_s = time.perf_counter() - t
         segs = []
-        for i in range(1 if args.only_clicks else 2):
+        for i in range(0 if args.labels else 1 if args.only_clicks else 2):
             t = time.perf_counter()
             seg = client.request("segment", ct=opened["ct"], output=str(work / f"worker{i}.nii.gz"))
             assert seg["ok"], seg
@@ -74,7 +76,12 @@ def main() -> None:
         if kidney is not None:
             z, y, x = np.argwhere(kidney).mean(0).round().astype(int)
             lps = image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
-            seg = client.request("segment", ct=opened["ct"], output=str(work / "current.nii"))
+            if args.labels:
+                import SimpleITK as sitk
+
+                sitk.WriteImage(sitk.ReadImage(str(args.labels)), str(work / "current.nii"))
+            else:
+                seg = client.request("segment", ct=opened["ct"], output=str(work / "current.nii"))
             for _ in range(args.clicks):
                 t = time.perf_counter()
                 fixed = client.request("refine", ct=opened["ct"], organ="right_kidney", labels=str(work / "current.nii"),
@@ -93,8 +100,9 @@ def main() -> None:
         print(f"| CLI `contrastseg segment`, start to exit | {cli:.1f} |")
     print(f"| worker: start to ready | {ready:.1f} |")
     print(f"| worker: open (read the CT, load the model) | {open_s:.1f} |")
-    print(f"| worker: first segment | {segs[0]:.1f} |")
-    print(f"| worker: start + open + first segment | {ready + open_s + segs[0]:.1f} |")
+    if segs:
+        print(f"| worker: first segment | {segs[0]:.1f} |")
+        print(f"| worker: start + open + first segment | {ready + open_s + segs[0]:.1f} |")
     if len(segs) > 1:
         print(f"| worker: segment again (CT open) | {segs[1]:.1f} |")
     if clicks:

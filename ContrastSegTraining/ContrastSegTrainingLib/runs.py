@@ -277,11 +277,12 @@ class RunLogic:
             monitor.refresh()
         return monitor
 
-    def cancel(self, monitor: RunMonitor) -> None:
-        """Stop the run's process tree without waiting on the GUI thread (SIGKILL follows, from a later poll, if
-        it has not stopped after the grace period); the run can be resumed later."""
+    def cancel(self, monitor: RunMonitor, wait: bool = True) -> None:
+        """Stop the run's process tree; the run can be resumed later. `wait=False` (the panel) returns at once
+        instead of sleeping through the grace period on Slicer's GUI thread: SIGKILL follows from a later poll
+        if the run has not stopped by then."""
         if monitor.process is not None:
-            monitor.process.cancel(wait=False)
+            monitor.process.cancel(wait=wait)
         monitor.poll()
         if monitor.status == "running":
             monitor.status = "cancelled"

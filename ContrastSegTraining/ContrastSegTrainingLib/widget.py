@@ -226,7 +226,8 @@ class Panel:
     def onCancel(self) -> None:
         """Cancel the training run only (the comparison has its own Cancel); returns at once."""
         if self.monitor is not None and self.monitor.process is not None:
-            self.logic.cancel(self.monitor)
+            self.logic.cancel(self.monitor, wait=False)
+            self.timer.start()  # its polls send SIGKILL if the run has not stopped after the grace period
         self.onTimer()
 
     def follow(self, monitor: RunMonitor) -> None:
