@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     from contrastseg.pretrain import losses
-    from contrastseg.pretrain.strategies import _split_gather
+    from contrastseg.pretrain.patch_strategies import _split_gather
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -6,10 +6,11 @@
 The second form is for a change of the prompt rules (prompts.py), which changes the clicks' numbers and not
 the weights: the weights files are left as they are.
 
-fp16 halves the files (the networks run in fp32: loading casts back). The card gains the per-organ
-numbers written by scripts/evaluate_default_model.py (case0 = IRCAD manual masks; the others agreement
-with TotalSegmentator output on its example CTs) and, with --clicks, the simulated-click table of
-scripts/click_eval.py: both paths of the refined network (a coarse mask's attention, a user's clicks).
+fp16 halves the files (the networks run in fp32: loading casts back). The card gains the list of training CTs
+with their licences and the attribution the CC BY data asks for, the per-organ numbers written by
+scripts/evaluate_default_model.py (Dice, HD95, ASSD and the share named as another organ, per case: IRCAD
+and CHAOS manual truth, unseen; agreement with TotalSegmentator on its CTs) and, with --clicks, the
+simulated-click table of scripts/click_eval.py.
 """
 
 from __future__ import annotations
@@ -22,24 +23,45 @@ from contrastseg.models.files import load_model, read_card, save_stage, write_ca
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "Resources" / "Models" / "default"
-CASE_NAMES = {0: "ircad_patient1_manual", 1: "ts_example_ct_agreement_training", 2: "ts_dicom_agreement_training",
-              3: "ts_example_ct_sm_agreement"}
+VERSION = "0.3.0"
 
-NOTES = ("Refined stem 'stride2' (7x7 stride 2, no max-pool, output stride 16) with a ResNet-18 at half width "
-         "(32-256 channels), ASPP width 128 and a DeepLabV3+ skip from stage 1: on 2 CPU threads the paper's "
-         "stride-1 stem costs about 16x the compute, and the 'paper' stem (with max-pool, output stride 32) loses "
-         "thin organs; the skip restores detail at a fraction of the cost. Coarse U-Net 8-64 channels at 3 mm. "
-         "Trained on two CTs only, with TotalSegmentator's labels as targets: a starting point to fine-tune on "
-         "corrected local data, not a clinical model. Esophagus is absent from the training labels, so it is not covered. "
-         "The refined network was then trained 600 more steps (lr 3e-4) with each patch at a random scale and "
-         "contrast (--augment): on the unseen IRCAD CT both of its paths improved, the coarse mask's attention and "
-         "a user's clicks. It was not trained on prompt-like masks: on these two CTs they lowered both (README).")
+NOTES = ("Coarse 3D U-Net at 3 mm taking the CT and a lateral channel (each voxel's distance from the body's "
+         "midline), trained on three real CTs and three CTs painted from label-only TotalSegmentator subjects, every "
+         "crop with a random contrast phase per structure (kidney cortex and medulla, aorta, portal vein, liver, "
+         "mottled arterial spleen, oral contrast), another scanner's calibration, noise, blur and slice thickness, "
+         "a field of view that may end inside it, scale, rotation and elastic deformation, never a left-right flip. "
+         "Intensities: the abdominal window at fixed HU with the HU above it compressed (an enhanced kidney stays "
+         "below bone). Refined network: ResNet-18 at half width with the 'stride2' stem, ASPP and a low-level skip, "
+         "trained on organ patches with the same phase and scanner variation. A starting point for a hospital's "
+         "own corrected cases, not a clinical model: the README's accuracy table says where it fails.")
+ATTRIBUTION = ("Trained on data of the TotalSegmentator project: its example CTs and label maps (Apache-2.0) and "
+               "subjects s0009, s0001, s0004 and s0006 of the TotalSegmentator dataset v2.0.1 (CC BY 4.0; Wasserthal J. "
+               "et al., TotalSegmentator: robust segmentation of 104 anatomic structures in CT images, Radiology: "
+               "Artificial Intelligence 2023, doi 10.1148/ryai.230024).")
+PAINTED_SOURCE = "TotalSegmentator dataset v2.0.1 subject {s}, label maps only (CC BY 4.0): CTs painted from the labels"
+
+
+def training_data(card: dict) -> list[dict]:
+    """Each training CT of the card's training records with its licence and source (the card's data list)."""
+    seen, out = set(), []
+    for stage, rec in (card.get("training") or {}).items():
+        for d in rec.get("data", []) if isinstance(rec, dict) else []:
+            if d["id"] not in seen:
+                seen.add(d["id"])
+                out.append({k: d.get(k) for k in ("id", "image", "labels", "license", "source", "image_sha256", "labels_sha256")})
+        for folder in rec.get("painted", []) if isinstance(rec, dict) else []:
+            subject = Path(folder).parent.name
+            if subject not in seen:
+                seen.add(subject)
+                out.append({"id": f"painted-{subject}", "image": None, "labels": f"{subject}/segmentations",
+                            "license": "CC-BY-4.0", "source": PAINTED_SOURCE.format(s=subject)})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, nargs="?", default=None, help="the trained model (omitted: --clicks only)")
-    ap.add_argument("--eval", type=Path, default=None, help="folder of case*-{coarse,refined}.json from the evaluation")
+    ap.add_argument("--eval", type=Path, default=None, help="folder of <case>.json from scripts/evaluate_default_model.py")
     ap.add_argument("--coarse", type=Path, default=None,
                     help="take the coarse network (and its training record) from this model instead")
     ap.add_argument("--coarse-start", type=Path, action="append", default=[],
@@ -73,21 +95,18 @@ def main() -> None:
                       started_from=start["training"]["refined"])
         model.card = dict(model.card, training=dict(model.card["training"], refined=record))
     TARGET.mkdir(parents=True, exist_ok=True)
-    card = dict(model.card, name="default", version="0.2.0", notes=NOTES, license="Apache-2.0",
+    card = dict(model.card, name="default", version=VERSION, notes=NOTES, license="Apache-2.0", attribution=ATTRIBUTION,
+                training_data=training_data(model.card),
                 coarse=dict(model.card["coarse"], weights=save_stage(TARGET, "coarse", model.coarse, half=True)),
                 refined=dict(model.card["refined"], weights=save_stage(TARGET, "refined", model.refined, half=True)))
     if args.eval:
         validation = {}
-        for i, name in CASE_NAMES.items():
-            entry = {}
-            for stage in ("coarse", "refined"):
-                f = args.eval / f"case{i}-{stage}.json"
-                if f.exists():
-                    data = json.loads(f.read_text())
-                    entry[stage] = {"mean_dice": data["mean_dice"],
-                                    "organs": {k: {m: v[m] for m in ("dice", "hd95", "assd")} for k, v in data["organs"].items()}}
-            if entry:
-                validation[name] = entry
+        for f in sorted(args.eval.glob("*.json")):
+            row = json.loads(f.read_text())
+            validation[row["case"]] = {"title": row["title"], "unseen": row["unseen"], **{
+                stage: {"mean_dice": row[stage]["mean_dice"],
+                        "organs": {k: {m: v[m] for m in ("dice", "hd95", "assd", "as_other")} for k, v in row[stage]["organs"].items()}}
+                for stage in ("coarse", "refined") if stage in row}}
         card["validation"] = validation
     if args.clicks:
         card.setdefault("validation", {})["clicks"] = click_table(args.clicks)

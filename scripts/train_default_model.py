@@ -1,32 +1,30 @@
-"""Train the default model shipped in Resources/Models/default from redistributable data only.
+"""Train the default model shipped in Resources/Models/default, end to end, from redistributable data only.
 
-Data: the TotalSegmentator example CTs (Apache-2.0) with their label maps (TotalSegmentator model output,
-mapped to BTCV ids): example_ct.nii.gz + example_seg_fast_force_split.nii.gz, and the 20-slice DICOM series
-+ example_seg_dicom.nii.gz. (example_ct_sm is slices 82-111 of example_ct with a stale origin: left out.)
+Data (../shared/data; its README says what each is):
+- TotalSegmentator example CTs (Apache-2.0, labels are TotalSegmentator output): example_ct.nii.gz with
+  example_seg_fast_force_split.nii.gz, and the 20-slice DICOM series with example_seg_dicom.nii.gz. Neither
+  label map has the esophagus, so both annotate the other 12 organs only (partial labels, METHODS §9).
+  (example_ct_sm is slices 82-111 of example_ct with a stale origin: left out.)
+- TotalSegmentator dataset subject s0009 (CC BY 4.0, Wasserthal et al. 2023): its CT and 117 reference masks.
+- TotalSegmentator dataset subjects s0001, s0004, s0006 (CC BY 4.0): label maps without CTs, painted into
+  CTs anew at every crop (train/crops.py, phases.paint_ct) for the coarse network.
+Never IRCAD or CHAOS (non-commercial licences): they are the unseen evaluation CTs.
 
-    python scripts/train_default_model.py --work work/default --threads 2
+    python scripts/train_default_model.py --work work/v03 --threads 2          # about N hours on 2 CPU threads
+    python scripts/train_default_model.py --work work/v03 --device cuda \\
+        --coarse-steps 20000 --refined-steps 8000                               # on a GPU: bf16, longer
 
-Then copy work/default/refined/model/* into Resources/Models/default/ (weights stored as fp16).
+It resumes where it stopped (each stage checkpoints every 50 steps; a finished stage is not redone). Then:
 
-Default model v0.2 continues v0.1's refined network with patch augmentation, keeping its coarse network (keep
-a copy of v0.1 first: packaging overwrites it, and its card is the start record):
-
-    cp -r Resources/Models/default work/default-v0.1
-    python scripts/train_default_model.py --work work/v02 --refined-from work/default-v0.1 \
-        --refined-steps 600 --lr 3e-4 --augment --threads 1
-    python scripts/evaluate_default_model.py --model work/v02/refined/model --out work/eval-v02
-    python scripts/click_eval.py --model work/v02/refined/model --threads 1 > docs/click-eval.md   # then edit its header
-    python scripts/package_default_model.py work/v02/refined/model --refined-start work/default-v0.1 \
-        --eval work/eval-v02 --clicks docs/click-eval.md
-
-Training it for prompts (METHODS §10) adds --prompts 0.3 [--keep 10]; the README's "Training the refined
-network for prompts" says what those recipes measured, and why none is shipped.
+    python scripts/evaluate_default_model.py --model work/v03/refined/model --out work/eval-v03
+    python scripts/package_default_model.py work/v03/refined/model --eval work/eval-v03
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -36,55 +34,71 @@ from contrastseg.train.coarse import train_coarse
 from contrastseg.train.refined import finetune
 from contrastseg.train.settings import CoarseSettings, RefinedSettings
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator-examples"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TS = DATA / "totalsegmentator-examples"
+NOT_ESOPHAGUS = [o for o in range(1, 14) if o != 5]
+TS_SOURCE = "TotalSegmentator tests/reference_files (Apache-2.0); labels are TotalSegmentator output"
+TS_DATASET = ("TotalSegmentator dataset v2.0.1 subject {s} (CC BY 4.0; Wasserthal et al., Radiology: Artificial "
+              "Intelligence 2023); reference labels made by TotalSegmentator and corrected by people")
+PAINTED = [DATA / "totalsegmentator-labels-only" / s / "segmentations" for s in ("s0001", "s0004", "s0006")]
+
+
+def manifest(holdout: str | None = None) -> dict:
+    """The training CTs (all redistributable); `holdout` leaves one out (the recipe's own unseen test)."""
+    entries = [
+        {"id": "ts-example-ct", "image": str(TS / "example_ct.nii.gz"), "labels": str(TS / "example_seg_fast_force_split.nii.gz"),
+         "id_map": "totalsegmentator", "organs": NOT_ESOPHAGUS, "source": TS_SOURCE, "license": "Apache-2.0"},
+        {"id": "ts-example-dicom", "image": str(TS / "example_ct_dicom"), "labels": str(TS / "example_seg_dicom.nii.gz"),
+         "id_map": "totalsegmentator", "organs": NOT_ESOPHAGUS, "source": TS_SOURCE, "license": "Apache-2.0"},
+        {"id": "ts-s0009", "image": str(DATA / "totalsegmentator-s0009" / "ct.nii.gz"),
+         "labels": str(DATA / "totalsegmentator-s0009" / "segmentations"), "source": TS_DATASET.format(s="s0009"),
+         "license": "CC-BY-4.0"},
+    ]
+    return {"format": "contrastseg-dataset/1", "entries": [e for e in entries if e["id"] != holdout]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("work/default"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--coarse-steps", type=int, default=800)
-    ap.add_argument("--refined-steps", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--refined-from", type=Path, default=None,
-                    help="a model folder: keep its coarse network and start the refined one from its weights")
-    ap.add_argument("--lr", type=float, default=RefinedSettings.lr, help="refined network's learning rate")
-    ap.add_argument("--prompts", type=float, default=RefinedSettings.prompts,
-                    help="share of refined patches with prompt-like attention (clicks, boxes, strokes, previous slice)")
-    ap.add_argument("--keep", type=float, default=RefinedSettings.keep,
-                    help="with --refined-from: distillation toward its refined network on the patches without prompts")
-    ap.add_argument("--seed", type=int, default=0, help="the refined network's training seed")
-    ap.add_argument("--augment", action="store_true", help="random scale and intensity jitter of the refined patches")
-    ap.add_argument("--coarse-attention", type=float, default=RefinedSettings.coarse_attention)
+    ap.add_argument("--coarse-steps", type=int, default=3000)
+    ap.add_argument("--coarse-channels", type=int, nargs=4, default=list(CoarseSettings.channels))
+    ap.add_argument("--coarse-crop", type=int, nargs=3, default=[48, 96, 96])
+    ap.add_argument("--refined-steps", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--holdout", default=None, help="leave this training CT out (e.g. ts-s0009) to test the recipe on it")
+    # the ingredients, to measure each (README: what each does on the unseen CTs)
+    ap.add_argument("--no-painted", action="store_true", help="leave out the CTs painted from label-only subjects")
+    ap.add_argument("--no-lateral", action="store_true", help="the coarse network sees the image alone")
+    ap.add_argument("--phase", type=float, default=CoarseSettings.phase, help="share of crops given a random contrast phase")
+    ap.add_argument("--fov", type=float, default=CoarseSettings.fov, help="share of crops whose field of view ends")
+    ap.add_argument("--intensity", default=CoarseSettings.intensity, choices=["soft-top", "percentile"])
+    ap.add_argument("--coarse-only", action="store_true", help="stop after the coarse network")
     args = ap.parse_args()
-    if args.keep > 0 and args.refined_from is None:
-        ap.error("--keep distils toward the --refined-from network")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": "contrastseg-dataset/1", "entries": [
-        {"id": "ts-example-ct", "image": str(DATA / "example_ct.nii.gz"),
-         "labels": str(DATA / "example_seg_fast_force_split.nii.gz"), "id_map": "totalsegmentator",
-         "source": "TotalSegmentator tests/reference_files (Apache-2.0); labels are TotalSegmentator output"},
-        {"id": "ts-example-dicom", "image": str(DATA / "example_ct_dicom"),
-         "labels": str(DATA / "example_seg_dicom.nii.gz"), "id_map": "totalsegmentator",
-         "source": "TotalSegmentator tests/reference_files (Apache-2.0); labels are TotalSegmentator output"},
-    ]}
     (args.work / "data").mkdir(exist_ok=True)
-    (args.work / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (args.work / "data" / "manifest.json").write_text(json.dumps(manifest(args.holdout), indent=2))
+    (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     device = torch.device(args.device)
-    init = None
-    if args.refined_from is not None:
-        coarse, init = args.refined_from, args.refined_from / "refined.safetensors"
-    else:
-        coarse = train_coarse(args.work / "data", args.work / "coarse",
-                              CoarseSettings(steps=args.coarse_steps),
-                              device, Progress("bar", {"train": 1}))
-    print("\ncoarse model:", coarse)
-    settings = RefinedSettings(steps=args.refined_steps, lr=args.lr, prompts=args.prompts, keep=args.keep,
-                               augment=args.augment, seed=args.seed, coarse_attention=args.coarse_attention)
-    refined = finetune(args.work / "data", args.work / "refined", coarse, settings, device,
-                       Progress("bar", {"train": 1}), init=init)
-    print("\nrefined model:", refined)
+    t0 = time.time()
+    coarse = args.work / "coarse" / "model"
+    if not (coarse / "card.json").exists():
+        settings = CoarseSettings(steps=args.coarse_steps, channels=tuple(args.coarse_channels), crop=tuple(args.coarse_crop),
+                                  seed=args.seed, phase=args.phase, fov=args.fov, intensity=args.intensity,
+                                  inputs=("image",) if args.no_lateral else ("image", "lateral"),
+                                  painted=[] if args.no_painted else [str(p) for p in PAINTED])
+        coarse = train_coarse(args.work / "data", args.work / "coarse", settings, device, Progress("bar", {"train": 1}))
+    print(f"\ncoarse model: {coarse} ({time.time() - t0:.0f} s so far)")
+    if args.coarse_only:
+        return
+    refined_settings = RefinedSettings(steps=args.refined_steps, seed=args.seed, augment=True)
+    refined = args.work / "refined" / "model"
+    if not (refined / "card.json").exists():
+        refined = finetune(args.work / "data", args.work / "refined", coarse, refined_settings, device,
+                           Progress("bar", {"train": 1}))
+    print(f"\nrefined model: {refined} ({time.time() - t0:.0f} s in all)")
 
 
 if __name__ == "__main__":

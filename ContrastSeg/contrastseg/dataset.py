@@ -112,9 +112,11 @@ class PreparedCase:
     spacing: tuple[float, float, float]
     phase: str | None
     annotated: list[int] | None = None  # organs the labels speak for (Entry.organs, else the ids present)
+    structures: np.ndarray | None = None  # every labelled structure in TotalSegmentator ids, where the labels
+    #                                        came as such (what contrast-phase augmentation shifts; tissues.py)
 
 
-CACHE_VERSION = "v2"
+CACHE_VERSION = "v3"
 
 
 def shared_cache() -> Path:
@@ -124,14 +126,14 @@ def shared_cache() -> Path:
     return home() / "cache" / "prepared"
 
 
-def _cache_key(entry: Entry, spacing) -> str:
+def _cache_key(entry: Entry, spacing, intensity: str) -> str:
     """SHA-256 of the files' contents plus the settings: a changed file is never served from the cache,
     and the same CT in two datasets (or two runs' snapshots) is prepared once."""
     from .checksum import sha256
 
     parts = [sha256(entry.image), sha256(entry.labels) if entry.labels is not None else "-",
              json.dumps(entry.id_map, sort_keys=True), repr(spacing if isinstance(spacing, str) else tuple(spacing)),
-             CACHE_VERSION]
+             intensity, CACHE_VERSION]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -141,45 +143,62 @@ def _annotated(entry: Entry, labels: np.ndarray | None) -> list[int] | None:
     return entry.organs if entry.organs is not None else sorted(int(v) for v in np.unique(labels) if v)
 
 
-def prepare_case(entry: Entry, spacing: tuple[float, float, float] | str, cache_dir: Path | None = None) -> PreparedCase:
+def prepare_case(entry: Entry, spacing: tuple[float, float, float] | str, cache_dir: Path | None = None,
+                 intensity: str = "percentile") -> PreparedCase:
     """Read, reorient, resample and normalise one entry (labels by nearest neighbour); cached as .npz.
 
     `spacing` is (x, y, z) mm, or "inplane:S" for S mm in-plane with the slice spacing kept (refined stage).
     The cache (default: the shared one) holds plain arrays (no pickle) keyed by the files' SHA-256 and the
     settings, so each volume is preprocessed once however many runs and datasets read it. Labels of organs
-    the entry does not annotate are set to 0 ("says nothing"), so no loss can read them.
+    the entry does not annotate are set to 0 ("says nothing"), so no loss can read them. `intensity` is the
+    model's intensity mode (preprocess.INTENSITY_MODES). A label map in TotalSegmentator ids (a `segmentations/`
+    folder, or id_map "totalsegmentator") also gives `structures`, every structure it names.
     """
-    key = _cache_key(entry, spacing)
+    key = _cache_key(entry, spacing, intensity)
     cache_dir = shared_cache() if cache_dir is None else cache_dir
     cached = cache_dir / f"{key}.npz"
     if cached.exists():
         try:
             with np.load(cached, allow_pickle=False) as z:
                 labels = z["labels"] if z["labels"].size else None
+                structures = z["structures"] if z["structures"].size else None
                 return PreparedCase(entry.id, z["image"], labels, tuple(z["spacing"].tolist()), entry.phase,
-                                    _annotated(entry, labels))
+                                    _annotated(entry, labels), structures)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is rebuilt below
     image = read_image(entry.image)
     if isinstance(spacing, str):
         inplane = float(spacing.split(":")[1])
         spacing = inplane_spacing(image, inplane)
-    prepared = prepare(image, spacing)
-    labels = None
+    prepared = prepare(image, spacing, intensity)
+    labels = structures = None
     if entry.labels is not None:
         lab = read_labels(entry.labels, image, entry.id_map)
         labels = sitk.GetArrayFromImage(resample_like(lab, prepared.grid, sitk.sitkNearestNeighbor, 0))
+        if _in_ts_ids(entry):
+            raw = read_labels(entry.labels, image, _TS_IDENTITY)
+            structures = sitk.GetArrayFromImage(resample_like(raw, prepared.grid, sitk.sitkNearestNeighbor, 0))
         if entry.organs is not None:  # voxels of organs the entry does not annotate say nothing
             keep = np.zeros(256, dtype=np.uint8)
             keep[entry.organs] = entry.organs
             labels = keep[labels]
-    case = PreparedCase(entry.id, prepared.array, labels, tuple(spacing), entry.phase, _annotated(entry, labels))
+    case = PreparedCase(entry.id, prepared.array, labels, tuple(spacing), entry.phase, _annotated(entry, labels), structures)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, image=case.image, labels=labels if labels is not None else np.zeros(0, np.uint8),
-                 spacing=np.asarray(spacing))
+        empty = np.zeros(0, np.uint8)
+        np.savez(tmp, image=case.image, labels=labels if labels is not None else empty,
+                 structures=structures if structures is not None else empty, spacing=np.asarray(spacing))
         os.replace(tmp, cached)
     except OSError:
         pass  # a cache that cannot be written (read-only home, full disk) only costs time
     return case
+
+
+_TS_IDENTITY = {i: i for i in range(1, 118)}
+
+
+def _in_ts_ids(entry: Entry) -> bool:
+    from .maskfiles import is_structure_folder
+
+    return entry.id_map == TOTALSEGMENTATOR_TO_BTCV or (entry.id_map is None and is_structure_folder(entry.labels))

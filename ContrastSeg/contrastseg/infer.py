@@ -17,6 +17,7 @@ from .heap import release_free_memory
 from .io import check_ct
 from .models.files import Model
 from .organs import NUM_CLASSES
+from .inputs import InputSpec, coarse_input
 from .preprocess import inplane_spacing, labels_onto, prepare, resample_like
 from .progress import Progress
 
@@ -57,8 +58,9 @@ def _pad_to(arr: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, .
 
 @torch.inference_mode()
 def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed: list[int], progress: Progress | None = None) -> np.ndarray:
-    """Softmax over background + `allowed` organs of the coarse net on a normalised volume; (C, z, y, x) float32."""
-    x = torch.from_numpy(volume)[None, None].to(device)
+    """Softmax over background + `allowed` organs of the coarse net on its input (channels, z, y, x: inputs.
+    coarse_input; a bare (z, y, x) volume is the image alone); (C, z, y, x) float32."""
+    x = torch.from_numpy(volume if volume.ndim == 4 else volume[None])[None].to(device)
     mask = torch.full((NUM_CLASSES,), float("-inf"), device=device)
     mask[[0, *allowed]] = 0.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -199,12 +201,15 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
     t = time.perf_counter()
     prog.begin("preprocess", "resampling to the coarse grid")
-    low = prepare(image, tuple(model.card["coarse"]["spacing"]))
+    spec = InputSpec.of(model.card)
+    low = prepare(image, tuple(model.card["coarse"]["spacing"]), spec.intensity)
+    inputs = coarse_input(low.array, low.grid.GetSpacing()[0], spec)
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
     prog.begin("coarse", "3D U-Net")
-    probs, coarse_low = coarse_stage(model.coarse, low.array, organs, device, prog)
+    probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog)
+    del inputs
     coarse = _to_input_grid(coarse_low, low.grid, image)
     release_free_memory()  # the U-Net's activations
     timings["coarse"] = time.perf_counter() - t
@@ -219,7 +224,7 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     if not coarse_low.any():
         timings["refine"] = time.perf_counter() - t
         return Segmentation(coarse, coarse, organs, timings)
-    fine = prepare(image, inplane_spacing(image, rset["inplane_spacing"]))
+    fine = prepare(image, inplane_spacing(image, rset["inplane_spacing"]), spec.intensity)
     attention = _probs_to_grid(probs, low.grid, fine.grid, [0, *organs])
     del probs, low  # the coarse grid's probabilities (one float32 volume per organ) are not needed any more
     timings["attention"] = time.perf_counter() - t
@@ -232,7 +237,7 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
 def coarse_stage(net, volume: np.ndarray, organs: list[int], device: torch.device,
                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The coarse network on a normalised low-res volume: (probabilities, cleaned label map), both on its grid.
+    """The coarse network on its input (inputs.coarse_input): (probabilities, cleaned label map), on its grid.
 
     The probabilities of the specks `clean_components` removed are set to 0, so the attention that follows
     (inference, and the loop's refined training) sees the cleaned map.
@@ -249,8 +254,9 @@ def coarse_attention(image: sitk.Image, model: Model, organs: list[int], grid: s
                      device: torch.device) -> np.ndarray:
     """The attention label map the refined network gets at inference, on `grid` (e.g. a training case's
     refined grid): what the loop's refined stage trains on besides the perturbed truth."""
-    low = prepare(image, tuple(model.card["coarse"]["spacing"]))
-    probs, coarse_low = coarse_stage(model.coarse, low.array, organs, device)
+    spec = InputSpec.of(model.card)
+    low = prepare(image, tuple(model.card["coarse"]["spacing"]), spec.intensity)
+    probs, coarse_low = coarse_stage(model.coarse, coarse_input(low.array, low.grid.GetSpacing()[0], spec), organs, device)
     if not coarse_low.any():
         return np.zeros(tuple(reversed(grid.GetSize())), dtype=np.uint8)
     return _probs_to_grid(probs, low.grid, grid, [0, *organs])

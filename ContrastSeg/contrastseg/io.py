@@ -8,11 +8,9 @@ written goes through `outputs.atomic_path` (temporary name, fsync, read back, re
 
 from __future__ import annotations
 
-import gzip
 import json  # noqa: F401  (tests reach json.dump through this module)
 import os
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,10 @@ import SimpleITK as sitk
 from .ct_checks import check_dicom_series, check_geometry, check_nifti_header, check_values
 from .errors import ContrastSegError
 from .guards import check_input, is_regular
-from .organs import BY_ID
+from .maskfiles import check_gzip_complete as _check_gzip_complete
+from .maskfiles import first_line as _first_line
+from .maskfiles import is_structure_folder, read_mask_file, read_structure_folder
+from .organs import BY_ID, TOTALSEGMENTATOR_TO_BTCV
 from .outputs import (IMAGE_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, IncompleteFile, atomic_path, captured_stderr,  # noqa: F401
                       split_suffix, write_json)
 
@@ -47,24 +48,6 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         return reader.Execute()  # GDCM applies RescaleSlope / RescaleIntercept
     except RuntimeError as err:
         raise ContrastSegError(f"cannot read the DICOM series in {folder}: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if "Description" in ln or "ERROR" in ln.upper()]
-    return (useful or lines or ["unknown error"])[-1][:200]
-
-
-def _check_gzip_complete(path: Path) -> None:
-    """ITK reads a truncated .gz without complaint (the missing voxels come back as zeros): check the stream."""
-    if not path.name.lower().endswith(".gz"):
-        return
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
-    except (EOFError, OSError, zlib.error) as err:
-        raise ContrastSegError(f"cannot read {path}: the compressed file is truncated or corrupt ({err})") from None
 
 
 # voxel types kept as stored: every value is exact in them, and a 512x512x516 CT takes 0.27 GB instead of
@@ -132,13 +115,11 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id
     stored with a flipped axis); it is then resampled by nearest neighbour. Otherwise it is refused, since
     it does not belong to the image.
     """
-    path = check_input(path, "label map", folder_ok=False)
-    _check_gzip_complete(path)
-    check_nifti_header(path)
-    try:
-        labels = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise ContrastSegError(f"cannot read label map {path} ({_first_line(err)})") from None
+    if is_structure_folder(path):  # TotalSegmentator's one-mask-per-structure folder: its ids, mapped to BTCV
+        labels = read_structure_folder(path)
+        id_map = TOTALSEGMENTATOR_TO_BTCV if id_map is None else id_map
+    else:
+        labels = read_mask_file(check_input(path, "label map", folder_ok=False), "label map")
     arr = sitk.GetArrayFromImage(labels)
     if np.any(arr != np.round(arr)) or arr.min() < 0:
         raise ContrastSegError(f"{path} is not a label map (it has negative or non-integer values)")

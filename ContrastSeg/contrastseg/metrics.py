@@ -45,13 +45,28 @@ def organ_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float,
             "pred_voxels": int(pred.sum()), "truth_voxels": int(truth.sum())}
 
 
+def named_as_others(pred: np.ndarray, truth: np.ndarray, organ: int) -> dict[str, float]:
+    """Shares of an organ's true voxels that `pred` names as each *other* organ (background left out): a
+    confusion of identity (a kidney called spleen), which Dice alone does not tell from a missed boundary."""
+    n = int(truth.sum())
+    if not n:
+        return {}
+    counts = np.bincount(pred[truth].ravel().astype(np.int64), minlength=max(BY_ID) + 1)
+    return {BY_ID[o].key: round(float(counts[o]) / n, 4) for o in BY_ID if o != organ and counts[o]}
+
+
 def evaluate(pred: np.ndarray, truth: dict[int, np.ndarray], spacing_zyx, organs: list[int] | None = None) -> dict:
-    """Per-organ metrics of a label array against binary truth masks; `organs` limits which are scored."""
+    """Per-organ metrics of a label array against binary truth masks; `organs` limits which are scored.
+
+    Besides Dice and the distances, each organ reports `as_other`: the share of its true voxels labelled as
+    another organ, and `named_as`, which organs those are (named_as_others)."""
     result = {}
     for oid in sorted(organs or truth):
-        m = organ_metrics(pred == oid, truth.get(oid, np.zeros_like(pred, dtype=bool)), spacing_zyx)
+        t = truth.get(oid, np.zeros_like(pred, dtype=bool))
+        m = organ_metrics(pred == oid, t, spacing_zyx)
         if m is not None:
-            result[BY_ID[oid].key] = dict(id=oid, **m)
+            others = named_as_others(pred, t, oid)
+            result[BY_ID[oid].key] = dict(id=oid, **m, as_other=round(sum(others.values()), 4), named_as=others)
     dices = [m["dice"] for m in result.values()]
     return {"organs": result, "mean_dice": round(float(np.mean(dices)), 4) if dices else None}
 

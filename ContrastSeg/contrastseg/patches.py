@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .augment import jitter_intensity
+from .augment import vary_look
 from .hints import prompt_attention
+from .tissues import btcv_to_ts
 
 
 @dataclass
@@ -57,7 +58,8 @@ def perturb_mask(mask: np.ndarray, rng: np.random.Generator, max_radius: int = 3
 
 def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ: int, rng: np.random.Generator,
                  size: int = 128, perturb: bool = True, attention_map: np.ndarray | None = None,
-                 prompt_mm: float | None = None, augment: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 prompt_mm: float | None = None, augment: bool = False, intensity: str = "percentile",
+                 structures: np.ndarray | None = None, spacing=(1.5, 1.5, 3.0)) -> tuple[np.ndarray, np.ndarray]:
     """One training patch for `organ`: input (2, size, size) = (image, attention), target (size, size) in {0,1}.
 
     The centre is a random voxel of `index`'s organ, so every patch holds some of it (METHODS §1.3). Without
@@ -66,8 +68,10 @@ def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ
     attention is its organ mask as at inference, and the target may be empty (a coarse false positive).
     With `prompt_mm` (the grid's pixel size) the attention is prompt-like instead (`hints.prompt_attention`).
     With `augment` the window is taken at a random scale (0.8-1.25 of `size`, resized back: organs and hints
-    appear larger or smaller) and the image's intensities are jittered (`augment.jitter_intensity`), so a
-    network trained on a few CTs meets other scanners' sizes and contrasts.
+    appear larger or smaller) and its look varied in HU (`augment.vary_look`: a contrast phase per structure,
+    from `structures` (TotalSegmentator ids) or the labels, a scanner's noise and blur, thicker slices), so a
+    network trained on a few CTs meets other scanners' sizes and contrasts. `intensity` is the model's mode
+    and `spacing` the grid's (x, y, z) mm.
     """
     z, cy, cx = index.coords[organ][rng.integers(len(index.coords[organ]))]
     window = max(16, int(round(size * rng.uniform(0.8, 1.25)))) if augment else size
@@ -82,7 +86,11 @@ def sample_patch(image: np.ndarray, labels: np.ndarray, index: OrganIndex, organ
     img = crop2d(image[z], cy, cx, window, 0.0)
     attention = attention.astype(np.float32)
     if augment:
-        img = jitter_intensity(img, crop2d(labels[z], cy, cx, window, 0), float(image[z].max()), rng)
+        known = crop2d(structures[z], cy, cx, window, 0) if structures is not None else btcv_to_ts(crop2d(labels[z], cy, cx, window, 0))
+        if rng.random() < 0.3 and 0 < z < len(image) - 1 and spacing[2] < 3.0:  # a thicker slice: its neighbours blend in
+            w = rng.uniform(0.1, 0.33)
+            img = (1 - 2 * w) * img + w * (crop2d(image[z - 1], cy, cx, window, 0.0) + crop2d(image[z + 1], cy, cx, window, 0.0))
+        img = vary_look(img, known, intensity, (spacing[1], spacing[0]), rng)
         if window != size:
             factor = size / window
             img = ndimage.zoom(img, factor, order=1, grid_mode=True, mode="nearest")

@@ -13,6 +13,19 @@ import numpy as np
 import SimpleITK as sitk
 
 HU_WINDOW = (-175.0, 250.0)
+# Intensity modes a model card names (`preprocessing.intensity`); a card without one was trained with the first.
+# - "percentile": the window, then scaled by the volume's 1st and 99th percentiles (METHODS §1.1 as written);
+# - "soft-top": the same window mapped to [0, 1] by fixed HU, then HU above it compressed (slope 1/4) up to
+#   SOFT_TOP_MAX: an enhanced kidney or aorta (200-400 HU) stays below bone (700+) instead of both saturating
+#   at the window's top, and a fixed mapping lets training change an organ's HU as a contrast phase would.
+INTENSITY_MODES = ("percentile", "soft-top")
+SOFT_TOP_SLOPE = 0.25
+SOFT_TOP_MAX = 1.5  # reached at 250 + 0.5 * 425 / 0.25 = 1100 HU
+
+
+def intensity_of(card: dict) -> str:
+    """The intensity mode a model card was trained with."""
+    return (card.get("preprocessing") or {}).get("intensity", "percentile")
 
 
 def to_canonical(image: sitk.Image) -> sitk.Image:
@@ -77,11 +90,15 @@ def resample_like(image: sitk.Image, reference: sitk.Image, interpolator=sitk.si
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, default, image.GetPixelID())
 
 
-def normalize(hu: np.ndarray) -> np.ndarray:
-    """Clip to the abdominal window and scale by the volume's 1st and 99th percentiles to about [0, 1].
+def normalize(hu: np.ndarray, mode: str = "percentile") -> np.ndarray:
+    """HU to the networks' scale in `mode` (INTENSITY_MODES): the abdominal window at about [0, 1].
 
     In place on one float32 copy: a refined grid of a long CT is hundreds of MB per copy.
     """
+    if mode == "soft-top":
+        return from_hu(hu, mode)
+    if mode != "percentile":
+        raise ValueError(f"unknown intensity mode {mode!r}; known: {INTENSITY_MODES}")
     clipped = np.clip(hu, *HU_WINDOW).astype(np.float32, copy=False)
     p1, p99 = (float(v) for v in np.percentile(clipped[:: max(1, clipped.shape[0] // 32)], [1, 99]))
     if p99 - p1 < 1e-3:
@@ -89,6 +106,28 @@ def normalize(hu: np.ndarray) -> np.ndarray:
     clipped -= np.float32(p1)
     clipped /= np.float32(p99 - p1)
     return clipped
+
+
+def from_hu(hu: np.ndarray, mode: str) -> np.ndarray:
+    """HU to the network scale by the fixed mapping of `mode` (for "percentile", the typical volume's: its 1st
+    and 99th percentiles fall at the window's ends). Augmentation works in HU and comes back through this."""
+    width = HU_WINDOW[1] - HU_WINDOW[0]
+    top = SOFT_TOP_MAX if mode == "soft-top" else 1.0
+    out = np.array(hu, dtype=np.float32, ndmin=1) - np.float32(HU_WINDOW[0])
+    out /= np.float32(width)
+    if top > 1.0:
+        over = out > 1.0
+        out[over] = 1.0 + (out[over] - 1.0) * np.float32(SOFT_TOP_SLOPE)
+    out = np.clip(out, 0.0, top, out=out)
+    return out if np.ndim(hu) else out[0]
+
+
+def to_hu(x: np.ndarray, mode: str) -> np.ndarray:
+    """The inverse of `from_hu` (exact inside its range; clipped HU stay at the range's ends)."""
+    x = np.asarray(x, dtype=np.float32)
+    if mode == "soft-top":
+        x = np.where(x > 1.0, 1.0 + (x - 1.0) / np.float32(SOFT_TOP_SLOPE), x)
+    return x * np.float32(HU_WINDOW[1] - HU_WINDOW[0]) + np.float32(HU_WINDOW[0])
 
 
 @dataclass
@@ -99,18 +138,18 @@ class Prepared:
     grid: sitk.Image  # geometry carrier (same size/spacing/origin/direction as `array`)
 
 
-def prepare(image: sitk.Image, spacing: tuple[float, float, float]) -> Prepared:
+def prepare(image: sitk.Image, spacing: tuple[float, float, float], intensity: str = "percentile") -> Prepared:
     """Canonical orientation + resampling to `spacing` + normalisation: the input to a network.
 
     One linear resampling from the stored image straight onto the canonical grid (the same samples a
     reoriented copy would give, without the copy). Voxels outside the scan are filled with -1024 HU (air)
-    before normalising. The returned grid is a uint8 carrier of the geometry only.
+    before normalising (`intensity`: the model card's mode, `intensity_of`). The returned grid is a uint8 carrier of the geometry only.
     """
     size, old_spacing, origin, direction = canonical_geometry(image)
     new_size, new_origin, new_spacing = _grid_for(size, old_spacing, origin, direction, spacing)
     resampled = sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear, new_origin, new_spacing,
                               direction.ravel().tolist(), -1024.0, sitk.sitkFloat32)
-    array = normalize(sitk.GetArrayViewFromImage(resampled))
+    array = normalize(sitk.GetArrayViewFromImage(resampled), intensity)
     grid = sitk.Image(new_size, sitk.sitkUInt8)
     grid.CopyInformation(resampled)
     return Prepared(array, grid)

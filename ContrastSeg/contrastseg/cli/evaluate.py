@@ -45,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(pred, truth, spacing_zyx, organs)
     result.update({"pred": str(args.pred), "truth": str(args.truth)})
     fmt = lambda v, d=2: "   -  " if v is None else f"{v:6.{d}f}"  # noqa: E731
-    print(f"{'organ':<24}{'Dice':>8}{'HD95 mm':>10}{'ASSD mm':>10}")
+    print(f"{'organ':<24}{'Dice':>8}{'HD95 mm':>10}{'ASSD mm':>10}  named as another organ")
     for key, m in result["organs"].items():
-        print(f"{BY_ID[m['id']].name:<24}{fmt(m['dice'], 3):>8}{fmt(m['hd95']):>10}{fmt(m['assd']):>10}")
+        worst = max(m["named_as"].items(), key=lambda kv: kv[1], default=None)
+        other = f"{100 * m['as_other']:5.1f} %"
+        if worst:
+            other += f" (most: {worst[0].replace('_', ' ')} {100 * worst[1]:.1f} %)"
+        print(f"{BY_ID[m['id']].name:<24}{fmt(m['dice'], 3):>8}{fmt(m['hd95']):>10}{fmt(m['assd']):>10}  {other}")
     print(f"{'mean Dice':<24}{fmt(result['mean_dice'], 3):>8}")
     if args.output:
         write_json(result, args.output)

@@ -27,7 +27,9 @@ REFINED_DEPTHS = (10, 18, 34, 50, 101)
 REFINED_STEMS = ("authors", "paper", "stride2")
 MAX_WIDTH = 2048  # channels of one layer; the default model's widest is 256
 MAX_LEVELS = 6  # coarse U-Net levels (the coarse grid must be divisible by 2 ** (levels - 1))
-SPACING_MM = (0.1, 20.0)  # a working grid's voxel size: the CT checks accept 0.1-10 mm voxels
+SPACING_MM = (0.1, 20.0)
+COARSE_INPUTS = ("image", "lateral")  # inputs.COARSE_INPUTS (importing inputs would import numpy: a test keeps them equal)
+INTENSITY_MODES = ("percentile", "soft-top")  # preprocess.INTENSITY_MODES, likewise  # a working grid's voxel size: the CT checks accept 0.1-10 mm voxels
 
 
 class CardError(ContrastSegError):
@@ -68,6 +70,10 @@ def _check_coarse(where: str, c) -> None:
     sp = c.get("spacing")
     _check(where, isinstance(sp, list) and len(sp) == 3 and all(_number(v, *SPACING_MM) for v in sp),
            "coarse.spacing", f"3 voxel sizes from {SPACING_MM[0]:g} to {SPACING_MM[1]:g} mm", sp)
+    inputs = c.get("inputs", ["image"])
+    _check(where, isinstance(inputs, list) and inputs[:1] == ["image"] and len(set(inputs)) == len(inputs)
+           and all(i in COARSE_INPUTS for i in inputs), "coarse.inputs",
+           f"a list starting with 'image', from {list(COARSE_INPUTS)}", inputs)
     _weights_name(where, "coarse", c)
 
 
@@ -128,6 +134,9 @@ def check_card(card, where: str) -> dict:
     if card.get("coarse") is None:
         raise CardError(f"model card {where} has no coarse network (its 'coarse' settings are missing)")
     _check_coarse(where, card["coarse"])
+    pre = card.get("preprocessing") or {}
+    _check(where, isinstance(pre, dict) and pre.get("intensity", "percentile") in INTENSITY_MODES,
+           "preprocessing.intensity", f"one of {list(INTENSITY_MODES)}", pre.get("intensity") if isinstance(pre, dict) else pre)
     if card.get("refined") is not None:
         _check_refined(where, card["refined"])
     _check_shown(where, card)

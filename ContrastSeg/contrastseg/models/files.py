@@ -36,7 +36,9 @@ CARD_NAME = "card.json"
 
 
 def build_coarse(settings: dict) -> CoarseUNet:
-    return CoarseUNet(NUM_CLASSES, tuple(settings["channels"]))
+    """The coarse U-Net a card's `coarse` table describes; `inputs` (default: the image alone) sets its input
+    channels (inputs.COARSE_INPUTS)."""
+    return CoarseUNet(NUM_CLASSES, tuple(settings["channels"]), in_channels=len(settings.get("inputs", ["image"])))
 
 
 def build_refined(settings: dict) -> RefinedNet:

@@ -68,18 +68,18 @@ def encoder_embedding(encoder, sampler, n: int, device: torch.device, path: Path
 
 
 @torch.no_grad()
-def coarse_embedding(net, cases, crop, n: int, device: torch.device, path: Path, title: str, seed: int = 12345) -> dict:
-    """Voxel features of the coarse U-Net's last decoder map on organ-centred crops -> PCA plot."""
-    from ..train.coarse import sample_crop
+def coarse_embedding(net, cases, crop, n: int, device: torch.device, path: Path, title: str, spec, seed: int = 12345) -> dict:
+    """Voxel features of the coarse U-Net's last decoder map on organ-centred crops (no augmentation; `spec`
+    the inputs.InputSpec the network takes) -> PCA plot."""
+    from ..train.crops import from_case, sample
 
     net.eval().to(device)
     rng = np.random.default_rng(seed)
     feats, organs, phases = [], [], []
     per_case = max(1, n // len(cases))
     for c in cases:
-        fg = np.argwhere(c.labels > 0)
-        img, lab = sample_crop(c, tuple(crop), rng, 1.0, fg)
-        _, f = net(torch.from_numpy(img)[None, None].to(device), return_features=True)
+        img, lab = sample(from_case(c, spec), tuple(crop), rng, spec, 1.0)
+        _, f = net(torch.from_numpy(img)[None].to(device), return_features=True)
         f = f[-1][0].permute(1, 2, 3, 0).reshape(-1, f[-1].shape[1]).cpu().numpy()
         labs = lab.reshape(-1)
         present = [o for o in np.unique(labs) if o > 0]

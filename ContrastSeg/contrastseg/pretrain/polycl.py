@@ -16,7 +16,7 @@ from . import losses
 from .context import Context, epochs_to_steps
 from .data import PretrainEntry
 from .slices import TripletSampler, balanced_organ, prepare_slices
-from .strategies import Result, build_encoder, patch_sampler
+from .common import Result, build_encoder, patch_sampler
 from .heads import ContrastiveNet
 
 

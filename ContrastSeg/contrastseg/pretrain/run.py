@@ -119,7 +119,8 @@ def pretrain(dataset: Path, run_dir: Path, settings: PretrainSettings, device: t
             elif result.coarse_cases:
                 summary["embedding"] = coarse_embedding(result.network, result.coarse_cases, settings.coarse_crop,
                                                         settings.probe, d.device, run_dir / "embedding.png",
-                                                        f"{settings.strategy}: PCA of coarse decoder features")
+                                                        f"{settings.strategy}: PCA of coarse decoder features",
+                                                        settings.input_spec())
             else:
                 ctx.log("no embedding plot: the dataset has no labels or attention to colour organ patches by")
             summary["wall_seconds"] = round(time.time() - t0, 1)

@@ -20,11 +20,12 @@ from .data import PretrainEntry
 UNKNOWN_PHASE = "unknown"
 
 
-def prepare_cases(items: list[PretrainEntry], dataset, inplane_spacing: float) -> list[PreparedCase]:
-    """The refined stage's grid (in-plane `inplane_spacing` mm, slices kept) for every entry, from the cache."""
+def prepare_cases(items: list[PretrainEntry], dataset, inplane_spacing: float, intensity: str) -> list[PreparedCase]:
+    """The refined stage's grid (in-plane `inplane_spacing` mm, slices kept) for every entry, from the cache,
+    in the model's `intensity` mode."""
     cases = []
     for it in items:
-        case = prepare_case(it.entry, f"inplane:{inplane_spacing}")
+        case = prepare_case(it.entry, f"inplane:{inplane_spacing}", intensity=intensity)
         case.phase = it.phase
         cases.append(case)
     return cases

@@ -25,7 +25,7 @@ from .data import PretrainEntry
 from .heads import SimSiamNet, mlp, pooled
 from .regions import build_bank, kmeans
 from .samplers import prepare_cases
-from .strategies import Result, build_encoder, patch_sampler
+from .common import Result, build_encoder, patch_sampler
 
 
 def separeg_stages(s) -> dict[str, float]:
@@ -64,7 +64,7 @@ def _project(net: SimSiamNet, bank, size: int, ctx: Context, batch: int = 64) ->
 def run_separeg(ctx: Context, items: list[PretrainEntry]) -> Result:
     s, n, size = ctx.settings, ctx.settings.batch, ctx.settings.patch
     ctx.stage("prepare", "SLIC superpixels inside the body")
-    cases = prepare_cases(items, ctx.dataset, s.inplane_spacing)
+    cases = prepare_cases(items, ctx.dataset, s.inplane_spacing, s.input_spec().intensity)
     bank = build_bank(items, cases, ctx.dataset, s.region_slices, s.slic_segments, s.slic_compactness, s.slic_sigma, s.max_regions)
     ctx.log(f"separeg: {len(bank)} regions from {len(cases)} CTs ({s.region_slices} slices each)")
 

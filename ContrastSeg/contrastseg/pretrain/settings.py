@@ -58,6 +58,19 @@ class PretrainSettings:
     # embedding plot
     probe: int = 256
     init: str | None = None  # a model folder: continue pretraining from its networks (the loop) instead of random
+    # how the networks see a CT (inputs.InputSpec); with `init`, that model's card decides
+    intensity: str = CoarseSettings.intensity
+    coarse_inputs: tuple[str, ...] = CoarseSettings.inputs
+
+    def input_spec(self):
+        """The intensity mode and coarse inputs to pretrain with: the `init` model's, else these settings'."""
+        from ..inputs import InputSpec
+
+        if self.init:
+            from ..models.files import read_card
+
+            return InputSpec.of(read_card(self.init))
+        return InputSpec(self.intensity, tuple(self.coarse_inputs))
 
     def capped(self, steps: int) -> int:
         return max(1, min(steps, self.max_steps)) if self.max_steps else max(1, steps)

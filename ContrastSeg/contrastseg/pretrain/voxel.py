@@ -25,7 +25,7 @@ from ..dataset import prepare_case
 from ..errors import ContrastSegError
 from ..models.coarse import CoarseUNet
 from ..organs import NUM_CLASSES
-from ..train.coarse import sample_crop
+from ..train.crops import CropAugment, from_case, sample
 from . import distributed as D
 from . import losses
 from .context import Context, epochs_to_steps
@@ -73,18 +73,20 @@ class VoxelSiamese(nn.Module):
 
 
 def run_voxel(ctx: Context, items: list[PretrainEntry]):
-    from .strategies import Result
+    from .common import Result
 
     s = ctx.settings
     ctx.stage("prepare", "preparing labelled volumes on the coarse grid")
-    cases = [prepare_case(it.entry, tuple(s.coarse_spacing)) for it in items]
+    spec = s.input_spec()
+    cases = [prepare_case(it.entry, tuple(s.coarse_spacing), intensity=spec.intensity) for it in items]
     allowed = np.zeros(256, dtype=np.uint8)
     allowed[s.organs] = s.organs
     for c, it in zip(cases, items):
         c.labels = allowed[c.labels]
         c.phase = it.phase
-    fg = [np.argwhere(c.labels > 0) for c in cases]
-    net = CoarseUNet(NUM_CLASSES, tuple(s.coarse_channels))
+    sources = [from_case(c, spec) for c in cases]
+    aug = CropAugment()
+    net = CoarseUNet(NUM_CLASSES, tuple(s.coarse_channels), in_channels=len(spec.coarse_inputs))
     if s.init:  # the loop: continue from the base model's coarse network
         from ..models.files import load_model
 
@@ -100,8 +102,8 @@ def run_voxel(ctx: Context, items: list[PretrainEntry]):
 
     def step(forward, rng: np.random.Generator) -> torch.Tensor:
         picks = rng.integers(len(cases), size=b)
-        pairs = [sample_crop(cases[i], crop, rng, 0.7, fg[i]) for i in picks]
-        x = ctx.tensor(np.stack([p[0] for p in pairs])[:, None])
+        pairs = [sample(sources[i], crop, rng, spec, 0.7, aug) for i in picks]
+        x = ctx.tensor(np.stack([p[0] for p in pairs]))
         y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64)).to(ctx.device)
         with ctx.autocast():
             logits, layers = forward(x, y, int(rng.integers(2 ** 31)))

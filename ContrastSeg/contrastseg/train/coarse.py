@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..augment import jitter_intensity
 from ..dataset import PreparedCase, entries, prepare_case
+from ..inputs import InputSpec
 from ..errors import ContrastSegError
 from ..models.files import build_coarse, load_model, read_card, save_stage, write_card
 from ..organs import NUM_CLASSES
@@ -22,41 +21,15 @@ from .loop import cosine, train
 from .partial import marginal_dice_ce, merged_distillation
 from .provenance import dataset_provenance
 from .replay import find_replay, replay_cases
+from .crops import NO_AUGMENT, CropAugment, from_case, painted_source, sample
 from .settings import CoarseSettings
 
 
-def _crop3d(arr: np.ndarray, start: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    out = np.zeros(size, dtype=arr.dtype)
-    src = [slice(max(0, s), min(n, s + c)) for s, c, n in zip(start, size, arr.shape)]
-    dst = [slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start)]
-    out[tuple(dst)] = arr[tuple(src)]
-    return out
-
-
-def sample_crop(case: PreparedCase, size, rng: np.random.Generator, fg_fraction: float, fg_coords: np.ndarray,
-                augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A random crop, centred on a random organ voxel with probability `fg_fraction`.
-
-    With only a few training CTs the model must not learn one scanner's sizes and contrast: the crop is
-    taken at a random scale (0.8-1.25, resized back, so organs appear larger or smaller) and its intensities
-    jittered (`augment.jitter_intensity`).
-    """
-    shape = np.array(case.image.shape)
-    if len(fg_coords) and rng.random() < fg_fraction:
-        centre = fg_coords[rng.integers(len(fg_coords))]
-    else:
-        centre = rng.integers(0, shape)
-    scale = rng.uniform(0.8, 1.25) if augment else 1.0
-    src_size = tuple(max(4, int(round(c * scale))) for c in size)
-    start = np.asarray(centre) - np.asarray(src_size) // 2 + rng.integers(-8, 9, size=3)
-    img = _crop3d(case.image, start, src_size)
-    lab = _crop3d(case.labels, start, src_size)
-    if src_size != tuple(size):
-        img = F.interpolate(torch.from_numpy(img)[None, None], size=tuple(size), mode="trilinear", align_corners=False)[0, 0].numpy()
-        lab = F.interpolate(torch.from_numpy(lab)[None, None].float(), size=tuple(size), mode="nearest")[0, 0].numpy().astype(np.uint8)
-    if augment:
-        img = jitter_intensity(img, lab, float(case.image.max()), rng)
-    return img.astype(np.float32), lab
+def crop_augment(settings: CoarseSettings) -> CropAugment:
+    """The crop augmentation `settings` ask for (crops.CropAugment; off with `augment` False)."""
+    if not settings.augment:
+        return NO_AUGMENT
+    return CropAugment(phase=settings.phase, fov=settings.fov)
 
 
 def load_coarse_init(path: Path, settings: CoarseSettings) -> torch.nn.Module:
@@ -66,7 +39,7 @@ def load_coarse_init(path: Path, settings: CoarseSettings) -> torch.nn.Module:
 
     if not Path(path).exists():
         raise ContrastSegError(f"pretrained coarse network not found: {path}")
-    net = build_coarse({"channels": settings.channels})
+    net = build_coarse({"channels": settings.channels, "inputs": list(settings.inputs)})
     state = load_file(str(path))
     expected = net.state_dict()
     if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
@@ -100,18 +73,22 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
     replay_entries, replay_missing = find_replay(base_card) if base_card is not None and settings.replay > 0 else ([], [])
     user_ids = {e.id for e in labelled}
     replay_entries = [e for e in replay_entries if e.id not in user_ids]
-    cases = [prepare_case(e, settings.spacing) for e in labelled]
-    replay = [prepare_case(e, settings.spacing) for e in replay_entries]
+    spec = InputSpec.of(base_card) if base_card is not None else InputSpec(settings.intensity, tuple(settings.inputs))
+    cases = [prepare_case(e, settings.spacing, intensity=spec.intensity) for e in labelled]
+    replay = [prepare_case(e, settings.spacing, intensity=spec.intensity) for e in replay_entries]
     allowed = np.zeros(256, dtype=np.uint8)
     allowed[settings.organs] = settings.organs
     for c in cases + replay:
         c.labels = allowed[c.labels]
     rows = [_annotated_row(c, settings.organs) for c in cases + replay]
-    fg = [np.argwhere(c.labels > 0) for c in cases + replay]
+    sources = [from_case(c, spec) for c in cases + replay]
+    painted = [painted_source(Path(f), float(settings.spacing[0]), _painted_cache()) for f in settings.painted]
+    for p in painted:
+        p.labels = allowed[p.labels]
     torch.manual_seed(settings.seed)  # the same --seed gives the same starting weights
     if init is None and base_card is not None:
         init = load_model(base_model, stages=("coarse",)).coarse
-    net = init if init is not None else build_coarse({"channels": settings.channels})
+    net = init if init is not None else build_coarse({"channels": settings.channels, "inputs": list(spec.coarse_inputs)})
     net = net.to(device)
     teacher = None
     if base_card is not None and settings.distill > 0:
@@ -119,16 +96,23 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
         for p in teacher.parameters():
             p.requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-5)
-    pool = cases + replay
-    n_user = len(cases)
+    n_user, n_pool = len(cases), len(cases) + len(replay)
+    aug = crop_augment(settings)
+    all_organs = np.zeros(NUM_CLASSES, dtype=bool)
+    all_organs[settings.organs] = True
+
+    def pick(rng: np.random.Generator) -> tuple[object, np.ndarray]:
+        if painted and rng.random() < settings.painted_share:
+            return painted[int(rng.integers(len(painted)))], all_organs  # a whole subject's reference labels
+        i = int(rng.integers(n_user, n_pool)) if replay and rng.random() < settings.replay else int(rng.integers(n_user))
+        return sources[i], rows[i]
 
     def step(rng: np.random.Generator) -> torch.Tensor:
-        picks = [int(rng.integers(n_user, len(pool))) if replay and rng.random() < settings.replay
-                 else int(rng.integers(n_user)) for _ in range(settings.batch)]
-        pairs = [sample_crop(pool[i], settings.crop, rng, settings.foreground_fraction, fg[i], settings.augment) for i in picks]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).to(device)
+        picks = [pick(rng) for _ in range(settings.batch)]
+        pairs = [sample(src, settings.crop, rng, spec, settings.foreground_fraction, aug) for src, _ in picks]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
         y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(device)
-        annotated = torch.from_numpy(np.stack([rows[i] for i in picks])).to(device)
+        annotated = torch.from_numpy(np.stack([row for _, row in picks])).to(device)
         logits = net(x)
         loss = marginal_dice_ce(logits, y, annotated)
         if teacher is not None:
@@ -143,19 +127,21 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = save_stage(model_dir, "coarse", net)
-    present = sorted({int(v) for c in cases + replay for v in np.unique(c.labels)} - {0})
+    present = sorted({int(v) for c in [*cases, *replay, *painted] for v in np.unique(c.labels)} - {0})
     record = {"settings": asdict(settings), "summary": summary, "device": str(device),
               "wall_seconds": round(time.time() - t0, 1), "data": dataset_provenance(labelled),
               "organs_annotated": sorted({o for r in rows[:n_user] for o in np.nonzero(r)[0].tolist()}),
               "replay": {"used": [e.id for e in replay_entries], "not_found": [c.get("id") for c in replay_missing]}}
     coarse = {"architecture": "CoarseUNet", "channels": list(settings.channels), "spacing": list(settings.spacing),
-              "weights": weights}
+              "inputs": list(spec.coarse_inputs), "weights": weights}
+    record["painted"] = [str(f) for f in settings.painted]
     if base_card is None:
         write_card(model_dir, {
             "name": run_dir.name, "organs": present, "coarse": coarse,
-            "preprocessing": {"orientation": "RAS", "hu_window": [-175, 250], "scaling": "percentile 1-99 of the clipped volume"},
+            "preprocessing": preprocessing_record(spec.intensity),
             "training": {"coarse": record}})
         return model_dir
+    coarse["channels"] = base_card["coarse"]["channels"]
     card = dict(base_card, name=run_dir.name, coarse=coarse, replay=replay_cases(base_card),
                 organs=sorted(set(base_card["organs"]) | {o for o in record["organs_annotated"] if o in present}))
     if base_card.get("refined"):
@@ -166,3 +152,18 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
     card["training"] = dict(base_card.get("training", {}), coarse=record)
     write_card(model_dir, card)
     return model_dir
+
+
+def _painted_cache() -> Path:
+    from ..dataset import shared_cache
+
+    return shared_cache().parent / "painted"
+
+
+def preprocessing_record(intensity: str) -> dict:
+    """The card's `preprocessing` table: what inference must do to a CT before the networks see it."""
+    from ..preprocess import HU_WINDOW, SOFT_TOP_MAX, SOFT_TOP_SLOPE
+
+    scaling = ("percentile 1-99 of the clipped volume" if intensity == "percentile" else
+               f"fixed: the window onto [0, 1], HU above it at slope {SOFT_TOP_SLOPE} up to {SOFT_TOP_MAX}")
+    return {"orientation": "RAS", "hu_window": list(HU_WINDOW), "intensity": intensity, "scaling": scaling}

@@ -22,6 +22,7 @@ from ..errors import ContrastSegError
 from ..models.files import Model, build_refined, load_model, read_card, save_stage, write_card
 from ..hints import PROMPT_VALUE
 from ..patches import OrganIndex, sample_patch
+from ..preprocess import intensity_of
 from ..progress import Progress
 from .loop import cosine, train
 from .provenance import dataset_provenance
@@ -133,6 +134,7 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
         raise ContrastSegError(f"dataset {dataset} has no labelled entries to train on; fine-tuning needs at least 1")
     organs = [o for o in settings.organs if o in base_card["organs"] or o in _annotated_in(labelled)]
     spacing = f"inplane:{settings.inplane_spacing}"
+    intensity = intensity_of(base_card)  # the refined network sees the CT as the model's coarse one does
     replay_entries = []
     if settings.replay > 0:
         found, _ = find_replay(base_card)
@@ -142,7 +144,7 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
     for group in (labelled, replay_entries):
         sources = []
         for e in group:
-            case = prepare_case(e, spacing)
+            case = prepare_case(e, spacing, intensity=intensity)
             allowed = [o for o in organs if o in (case.annotated or [])]
             src = _Source(case, OrganIndex.build(case.labels, allowed))
             if base is not None:
@@ -179,14 +181,15 @@ def finetune(dataset: Path, run_dir: Path, base_model: Path, settings: RefinedSe
         organ = organ_list[rng.integers(len(organ_list))]  # organs drawn uniformly: small organs get their share
         options = [s for s in sources if organ in s.truth.coords]
         src = options[rng.integers(len(options))]
+        look = {"intensity": intensity, "structures": src.case.structures, "spacing": src.case.spacing}
         if settings.prompts > 0 and rng.random() < settings.prompts:  # no draw at 0: the same stream as before
             return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
-                                  prompt_mm=settings.inplane_spacing, augment=settings.augment), True)
+                                  prompt_mm=settings.inplane_spacing, augment=settings.augment, **look), True)
         if src.attention_index is not None and organ in src.attention_index.coords and rng.random() < settings.coarse_attention:
             return (*sample_patch(src.case.image, src.case.labels, src.attention_index, organ, rng, settings.patch,
-                                  attention_map=src.attention, augment=settings.augment), False)
+                                  attention_map=src.attention, augment=settings.augment, **look), False)
         return (*sample_patch(src.case.image, src.case.labels, src.truth, organ, rng, settings.patch,
-                              augment=settings.augment), False)
+                              augment=settings.augment, **look), False)
 
     user_ok = [s for s in user if s.truth.coords]
     replay_ok = [s for s in replay if s.truth.coords]

@@ -17,7 +17,15 @@ class CoarseSettings:
     lr: float = 2e-3
     seed: int = 0
     foreground_fraction: float = 0.7
-    augment: bool = True  # random scale, gamma, contrast and noise (see train.coarse.sample_crop)
+    augment: bool = True  # spatial, contrast-phase, scanner and field-of-view augmentation (train/crops.py)
+    phase: float = 0.8  # share of crops whose structures get a random contrast phase (phases.py)
+    fov: float = 0.3  # share of crops in which the scan's field of view ends
+    # what the network takes (a base model's card decides these when fine-tuning; inputs.py)
+    intensity: str = "soft-top"
+    inputs: tuple[str, ...] = ("image", "lateral")
+    # TotalSegmentator segmentations/ folders without a CT: CTs painted from their labels (crops.painted_source)
+    painted: list[str] = field(default_factory=list)
+    painted_share: float = 0.25
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
     # fine-tuning from a base model (the loop, METHODS §9); both need the base, and are off without one
     replay: float = 1 / 3  # share of each batch drawn from the base model's own training cases, where found

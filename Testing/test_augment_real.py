@@ -1,0 +1,190 @@
+"""The default model's training augmentation on real CT (issue: a model that names organs on other hospitals' CTs).
+
+An organ's HU moves only inside that organ's label; laterality is never flipped; a label map stays aligned with
+its image after every spatial transform; a CT painted from labels alone has each tissue where its label is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realdata import DATA, TS, needs_data
+
+from contrastseg.dataset import Entry, prepare_case
+from contrastseg.inputs import InputSpec, body_centre_x, body_of
+from contrastseg.organs import TOTALSEGMENTATOR_TO_BTCV
+from contrastseg.phases import PHASES, paint_ct, simulate_phase
+from contrastseg.preprocess import from_hu, to_hu
+from contrastseg.spatial import SpatialRanges, _rotation
+from contrastseg.tissues import BODY, TS_IDS
+from contrastseg.train.crops import CropAugment, from_case, painted_source, sample
+
+S0009 = DATA / "totalsegmentator-s0009"
+LABELS_ONLY = DATA / "totalsegmentator-labels-only"
+SPEC = InputSpec("soft-top", ("image", "lateral"))
+pytestmark = needs_data
+
+
+@pytest.fixture(scope="module")
+def example_case():
+    entry = Entry("ts-ct", TS / "example_ct.nii.gz", TS / "example_seg_fast_force_split.nii.gz",
+                  TOTALSEGMENTATOR_TO_BTCV, None, {})
+    return prepare_case(entry, (3.0, 3.0, 3.0), intensity="soft-top")
+
+
+def test_phase_moves_hu_only_inside_the_structures(example_case):
+    """Every voxel outside the shifted structures keeps its HU exactly; the kidneys reach their phase's HU."""
+    hu = to_hu(example_case.image, "soft-top")
+    structures = example_case.structures
+    rng = np.random.default_rng(3)
+    out, phase = simulate_phase(hu, structures, rng, (3.0, 3.0, 3.0), phase="portal", oral=0.0)
+    from contrastseg.phases import _INDEX
+    from contrastseg.tissues import TISSUE_OF, TISSUE_NAMES
+
+    tissue = TISSUE_OF[structures]
+    shifted = np.isin(tissue, [_INDEX[n] for n in PHASES["portal"] if n in TISSUE_NAMES])
+    assert shifted.any() and (~shifted).any()
+    np.testing.assert_array_equal(out[~shifted], hu[~shifted])
+    kidneys = np.isin(structures, [TS_IDS["kidney_right"], TS_IDS["kidney_left"]])
+    lo, hi = PHASES["portal"]["kidney"]
+    assert np.median(hu[kidneys]) < 60  # a non-contrast CT: the kidneys start near 20 HU
+    assert lo - 60 <= np.median(out[kidneys]) <= hi  # medulla may sit up to 50 HU under the cortex
+    bone = np.isin(tissue, [_INDEX["bone"]])
+    np.testing.assert_array_equal(out[bone], hu[bone])
+
+
+def test_arterial_kidney_has_a_bright_cortex(example_case):
+    hu = to_hu(example_case.image, "soft-top")
+    kidney = example_case.structures == TS_IDS["kidney_left"]
+    out, _ = simulate_phase(hu, example_case.structures, np.random.default_rng(0), (3.0, 3.0, 3.0), phase="arterial", oral=0.0)
+    from scipy import ndimage
+
+    rim = kidney & ~ndimage.binary_erosion(kidney, iterations=2)
+    core = ndimage.binary_erosion(kidney, iterations=3)
+    assert core.sum() > 20
+    assert np.median(out[rim]) > np.median(out[core]) + 40  # corticomedullary contrast
+
+
+def test_rotation_never_mirrors():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        r = _rotation(*rng.uniform(-np.pi, np.pi, size=3))
+        assert np.isclose(np.linalg.det(r), 1.0)
+
+
+def test_laterality_survives_every_transform(example_case):
+    """In every augmented crop holding both kidneys, the right kidney lies on the right of the left one, and
+    the lateral channel says so (patient right positive)."""
+    src = from_case(example_case, SPEC)
+    aug = CropAugment(spatial=SpatialRanges(yaw_deg=30.0, tilt_deg=10.0, elastic_voxels=3.0), fov=0.0)
+    rng = np.random.default_rng(5)
+    both = 0
+    for _ in range(40):
+        x, y = sample(src, (32, 80, 80), rng, SPEC, 1.0, aug)
+        right, left = y == 2, y == 3
+        if right.sum() < 30 or left.sum() < 30:
+            continue
+        both += 1
+        assert x[1][right].mean() > 0 > x[1][left].mean()
+    assert both >= 5
+
+
+def test_labels_stay_aligned_with_the_image(example_case):
+    """A source whose image is its own label map (scaled) comes out of any spatial transform still equal to
+    its labels wherever the labels are not at an edge: image and labels share one transform."""
+    labels = example_case.labels
+    fake = example_case.__class__(example_case.id, labels.astype(np.float32) / 13.0, labels, example_case.spacing, None,
+                                  example_case.annotated, None)
+    src = from_case(fake, InputSpec("percentile", ("image",)))
+    aug = CropAugment(spatial=SpatialRanges(yaw_deg=20.0, tilt_deg=8.0, elastic_voxels=3.0), phase=0.0, scanner=0.0,
+                      fov=0.0, gamma=0.0)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        x, y = sample(src, (32, 64, 64), rng, InputSpec("percentile", ("image",)), 1.0, aug)
+        from scipy import ndimage
+
+        interior = ndimage.minimum_filter(y, 5) == ndimage.maximum_filter(y, 5)  # crop voxels span up to 1.4 source voxels
+        assert interior.sum() > 1000
+        same = np.abs(x[0][interior] * 13.0 - y[interior]) < 1e-3
+        assert same.mean() > 0.999  # the few others: bilinear blending at the volume's own edge
+
+
+def test_unaugmented_crop_is_a_straight_cut(example_case):
+    """Without augmentation a crop is the volume's own voxels (not interpolated between them)."""
+    import torch
+
+    from contrastseg.spatial import IDENTITY, source_coordinates, voxel_coordinates, warp
+
+    shape = example_case.image.shape
+    centre = np.array([40, 50, 60])
+    grid = source_coordinates((16, 32, 32), centre, np.random.default_rng(0), IDENTITY, shape)
+    for axis, n in enumerate((16, 32, 32)):
+        expected = centre[axis] - n // 2 + np.arange(n)
+        got = voxel_coordinates(grid, shape, axis)
+        np.testing.assert_allclose(np.moveaxis(got, axis, 0)[:, 0, 0], expected, atol=1e-3)
+    x = warp(torch.from_numpy(example_case.image)[None], grid)[0].numpy()
+    np.testing.assert_allclose(x, example_case.image[32:48, 34:66, 44:76], atol=1e-4)
+
+
+def test_structure_folder_reads_all_btcv_organs():
+    from contrastseg.io import read_image, read_labels
+    import SimpleITK as sitk
+
+    ct = read_image(S0009 / "ct.nii.gz")
+    labels = sitk.GetArrayFromImage(read_labels(S0009 / "segmentations", ct))
+    assert sorted(int(v) for v in np.unique(labels) if v) == list(range(1, 14))
+
+
+def test_painted_ct_puts_each_tissue_under_its_label(tmp_path: Path):
+    """s0004 has labels and no CT (one of its masks has a direction ITK refuses: read from the file)."""
+    src = painted_source(LABELS_ONLY / "s0004" / "segmentations", 3.0, tmp_path)
+    assert (src.structures == TS_IDS["thyroid_gland"]).any()
+    assert (src.structures == BODY).sum() > 0.2 * (src.structures > 0).sum()
+    rng = np.random.default_rng(0)
+    z = int(np.argwhere(src.labels == 6)[:, 0].mean())  # a slice through the liver
+    block = src.structures[z - 8:z + 8]
+    hu = paint_ct(block, rng, (3.0, 3.0, 3.0), random_share=0.0)
+    outside, lung = block == 0, np.isin(block, [TS_IDS[n] for n in TS_IDS if n.startswith("lung")])
+    liver = block == TS_IDS["liver"]
+    assert np.median(hu[outside]) < -800
+    if lung.sum() > 100:
+        assert np.median(hu[lung]) < -600
+    assert 0 < np.median(hu[liver]) < 160
+    # body centre of the painted subject lies inside its body
+    centre = body_centre_x(src.structures > 0)
+    assert 0.25 * src.structures.shape[2] < centre < 0.75 * src.structures.shape[2]
+
+
+def test_body_centre_on_real_ct(example_case):
+    centre = body_centre_x(body_of(example_case.image, "soft-top"))
+    assert 0.35 * example_case.image.shape[2] < centre < 0.65 * example_case.image.shape[2]
+
+
+def test_soft_top_keeps_enhancement_below_bone():
+    hu = np.array([-1000.0, 40.0, 200.0, 300.0, 700.0, 1500.0])
+    x = from_hu(hu, "soft-top")
+    assert x[0] == 0 and 0 < x[1] < x[2] < x[3] < x[4] <= x[5] == 1.5
+    assert x[3] > 1.0 and x[4] - x[3] > 0.05  # an enhanced kidney at 300 HU and bone at 700 HU differ
+    np.testing.assert_allclose(to_hu(x[1:5], "soft-top"), hu[1:5], atol=1e-3)
+
+
+def test_cards_name_the_inputs_the_engine_knows():
+    """The torch-free card check keeps its own copy of the input names and intensity modes: the same lists."""
+    from contrastseg import inputs, preprocess
+    from contrastseg.models import card
+    from contrastseg.models.card import CardError, check_card
+    from contrastseg.paths import default_model
+    import json
+
+    assert card.COARSE_INPUTS == inputs.COARSE_INPUTS and card.INTENSITY_MODES == preprocess.INTENSITY_MODES
+    good = json.loads((default_model() / "card.json").read_text())
+    for bad in (dict(good, coarse=dict(good["coarse"], inputs=["lateral"])),
+                dict(good, coarse=dict(good["coarse"], inputs=["image", "colour"])),
+                dict(good, preprocessing=dict(good.get("preprocessing", {}), intensity="log"))):
+        with pytest.raises(CardError):
+            check_card(bad, "test")
+    check_card(dict(good, coarse=dict(good["coarse"], inputs=["image", "lateral"]),
+                    preprocessing=dict(good.get("preprocessing", {}), intensity="soft-top")), "test")
