@@ -125,7 +125,7 @@ def test_models_add_copies_regular_files_only(tmp_path, capsys):
 
 # --- named pipes ------------------------------------------------------------------------------------------
 
-def run_cli(*argv, timeout=120) -> subprocess.CompletedProcess:
+def run_cli(*argv, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "contrastseg.cli", *map(str, argv)], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ))
 
@@ -142,7 +142,7 @@ def test_a_named_pipe_is_refused_not_read(tmp_path, argv, pattern):
     pipe = tmp_path / "pipe.nii.gz"
     os.mkfifo(pipe)
     fill = lambda a: str(a).replace("{pipe}", str(pipe)).replace("{tmp}", str(tmp_path))  # noqa: E731
-    proc = run_cli(*map(fill, argv))  # a read of the pipe would block until the timeout
+    proc = run_cli(*map(fill, argv))  # a read of the pipe would block until the timeout (imports take a while)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and fill(pattern) in lines[0], proc.stderr
     assert not (tmp_path / "ds" / "manifest.json").exists() and not (tmp_path / "out.nii.gz").exists()
@@ -191,6 +191,28 @@ def test_no_output_lands_in_a_model_a_dataset_or_a_run(kept, not_ct, tmp_path, c
             f"is inside the model folder {outside}")
     refused(capsys, ["evaluate", labels, SEG, "--truth-id-map", "totalsegmentator", "-o", labels], "is the input")
     assert snapshot(kept.values()) == before
+
+
+def test_no_dataset_or_run_is_made_inside_a_model_a_dataset_or_a_run(kept, tmp_path, capsys):
+    before = snapshot(kept.values())
+    refused(capsys, ["dataset", "add", CT, "--dataset", kept["model"]], "would be inside the model store")
+    refused(capsys, ["dataset", "add", CT, "--dataset", kept["run"] / "ds"], "would be inside the run folder")
+    refused(capsys, ["dataset", "add", CT, "--dataset", kept["dataset"] / "labels"], "would be inside the dataset")
+    refused(capsys, ["run", "plan", "--dataset", kept["dataset"], "--base", "mine", "--device", "cpu", "--run",
+                     kept["dataset"] / "run"], "would be inside the dataset")
+    assert snapshot(kept.values()) == before and not (kept["run"] / "ds").exists()
+
+
+def test_a_bare_run_name_is_a_run_in_the_store_not_a_folder_here(kept, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir(exist_ok=True)  # ./run is the kept run folder itself, planned by path
+    refused(capsys, ["run", "status", "run"], "holds no readable run plan")  # $CONTRASTSEG_HOME/runs/run
+    assert main(["run", "status", "./run"]) == 0 and '"status": "planned"' in capsys.readouterr().out
+
+
+def test_a_label_map_output_of_an_unknown_format_is_refused_first(not_ct, tmp_path, capsys):
+    refused(capsys, ["refine-organ", CT, "--labels", not_ct["btcv label map"], "--organ", "liver", "--point-ijk",
+                     "60,50,15", "-o", tmp_path / "fixed.png"], "unsupported extension")
 
 
 def test_an_organ_table_never_replaces_a_file_it_did_not_write(tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ FIELDS = {
                "neg_points_ras": "points", "box_ras": "box?", "scribble": "path?", "ignore_current": "bool"},
     "cancel": {"target": "ident"},
     "close": {"ct": "key"},
+    "shutdown": {},
 }
 DEEP = [[[[[[[[[[[[[[[[[[[[["liver"]]]]]]]]]]]]]]]]]]]]]
 TEXT_BAD = [5, 1.5, True, [], ["a"], {}, {"a": 1}, "", "a\u0000b", "\ud800", DEEP]
@@ -169,6 +171,21 @@ def test_wrong_types_in_a_real_refine_change_nothing(worker, opened, field, valu
 def test_organs_as_text_is_refused_not_read_letter_by_letter(worker, opened):
     one_sentence(worker.request("segment", ct="k", organs="liver", output=str(opened / "seg.nii.gz")), "'organs'")
     assert not (opened / "seg.nii.gz").exists()
+
+
+def test_open_ct_count_is_bounded_and_outputs_are_checked_first(worker, opened):
+    """A client cannot open CTs until the worker runs out of memory; an output of an unknown format is refused
+    before anything is computed, not after."""
+    from contrastseg.serve import MAX_OPEN_CTS
+
+    keys = [f"extra{i}" for i in range(MAX_OPEN_CTS - 1)]  # "k" is open already
+    assert all(worker.request("open", ct=str(CT), key=k)["ok"] for k in keys)
+    one_sentence(worker.request("open", ct=str(CT), key="one-too-many"), f"{MAX_OPEN_CTS} CTs are open")
+    assert worker.request("open", ct=str(CT), key="k")["ok"]  # reopening under a key in use replaces it
+    assert all(worker.request("close", ct=k)["ok"] for k in keys)
+    t0 = time.monotonic()
+    one_sentence(worker.request("segment", ct="k", output=str(opened / "seg.png")), "unsupported extension")
+    assert time.monotonic() - t0 < 30 and not (opened / "seg.png").exists()
 
 
 def test_after_all_that_the_worker_still_segments_and_refines(worker, opened):

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from .checksum import sha256
 from .dataset import DATASET_FORMAT, MANIFEST, _id_map, read_manifest
 from .errors import ContrastSegError
+from .guards import check_home_of
 from .io import (_read_dicom_series, _same_grid, atomic_path, read_ct, read_image, read_labels, split_suffix, write_json,
                  write_labels)
 from .outputs import WriteError, os_error_message
@@ -44,8 +45,6 @@ DICOM_TAGS = {"study_uid": "0020|000d", "series_uid": "0020|000e", "frame_of_ref
 def locked(folder: Path):
     """Hold the dataset's writer lock (an OS file lock, released even if the process dies). A dataset path that
     is a file, or a folder that cannot be written, is one sentence."""
-    from .outputs import os_error_message
-
     if folder.exists() and not folder.is_dir():
         raise ContrastSegError(f"dataset {folder} is a file, not a dataset folder; give a folder with --dataset")
     try:
@@ -159,6 +158,7 @@ def add_entry(dataset: str | os.PathLike, image: str | os.PathLike, labels: str 
     before/after numbers only.
     """
     folder, image = Path(dataset), Path(image)
+    check_home_of(folder, "dataset")
     # the checks `segment` runs (a label map or a [0, 1] image is no CT), before anything is written
     ct = read_ct(image)
     lab = read_labels(labels, ct, _id_map(id_map)) if labels is not None else None

@@ -11,7 +11,8 @@ card with its organ table):
   another program that happens to hold a `manifest.json` is not one);
 - anything under the store's own folders: `$CONTRASTSEG_HOME/models`, `/runs` and `/dataset`.
 The engine's own writes into those folders (`dataset add`, `run start`, `models add`) do not go through this
-check; they have their own locks and temporary names.
+check; they have their own locks and temporary names. A new dataset or run folder is not made inside a
+model, another dataset or run, or a store folder that is not its own (`check_home_of`).
 
 Torch-free and SimpleITK-free, so the store (which Slicer lists without loading networks) can use it.
 """
@@ -89,6 +90,23 @@ def _names_format(path: Path, token: bytes) -> bool:
             return token in f.read(MARKER_BYTES)
     except OSError:
         return False
+
+
+def check_home_of(folder: str | os.PathLike, kind: str) -> None:
+    """A dataset (`kind` "dataset") or a run folder ("run") is not made inside a model, another dataset or run,
+    or a store folder that is not its own: `dataset add --dataset <a model folder>` would write a manifest
+    and images among the model's files. Its own place is fine: an existing dataset or run, the local dataset
+    ($CONTRASTSEG_HOME/dataset), or a run folder directly in $CONTRASTSEG_HOME/runs."""
+    real = _real(folder)
+    found = kept_folder(real / ".probe")
+    if found is None:
+        return
+    where, holder = found
+    own = {"dataset": (("dataset", real), ("local dataset", real)),
+           "run": (("run folder", real), ("runs folder", real.parent))}[kind]
+    if (where, holder) not in own:
+        raise ContrastSegError(f"the {kind} folder {folder} would be inside the {where} {holder}; ContrastSeg keeps "
+                               f"models, datasets and runs apart: choose another folder")
 
 
 def check_not_kept(out: str | os.PathLike, what: str = "output") -> None:

@@ -88,6 +88,12 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def check_label_output(path: str | os.PathLike, what: str = "output") -> None:
+    """A label map output's format, by its extension, before anything is computed (not after, at the write)."""
+    if split_suffix(Path(path).name)[1].lower() not in WRITABLE_IMAGE_SUFFIXES:
+        raise ContrastSegError(f"{what} '{path}' has an unsupported extension; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
+
+
 def _real(path: str | os.PathLike) -> str:
     return os.path.normcase(os.path.realpath(os.path.abspath(path)))
 

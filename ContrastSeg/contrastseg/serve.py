@@ -45,6 +45,9 @@ from .serve_client import PROTOCOL  # noqa: F401  (one definition, shared with t
 from .serve_requests import BadRequest, Request, check_request, parse_line, read_lines
 
 
+MAX_OPEN_CTS = 8  # each holds its image and refined grid in memory: a client cannot open CTs until it runs out
+
+
 class Cancelled(Exception):
     """The client cancelled the running request."""
 
@@ -137,6 +140,9 @@ class Worker:
     def op_open(self, req: dict) -> dict:
         from .io import read_ct
 
+        if req["key"] not in self.sessions and len(self.sessions) >= MAX_OPEN_CTS:
+            raise ContrastSegError(f"{len(self.sessions)} CTs are open, the most one worker keeps in memory; close one "
+                                   f"first (open: {sorted(self.sessions)})")
         if req["key"] is not None:
             key = req["key"]
             # a CT opened again under its key: the old one goes first (its memory, and no request meant for the
@@ -156,8 +162,11 @@ class Worker:
         a model, a dataset or a run; no foreign file is replaced by an organ table; every folder is writable."""
         from .io import check_sidecar, organ_table
         from .models.files import model_files
-        from .outputs import check_outputs
+        from .outputs import check_label_output, check_outputs
 
+        for what, out in outputs.items():
+            if out:
+                check_label_output(out, what)
         tables = {f"the {what}'s organ table": organ_table(out) for what, out in outputs.items() if out}
         check_outputs({**outputs, **tables}, [s.path, *inputs, *model_files(s.model.folder, s.model.card)])
         for out in outputs.values():

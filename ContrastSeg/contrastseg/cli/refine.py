@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_sidecar, organ_table, read_ct, read_labels, write_labels
     from ..models.files import load_model, model_files, read_card
     from ..organs import parse_organs
-    from ..outputs import check_outputs
+    from ..outputs import check_label_output, check_outputs
     from ..prompts import Prompts, ijk_to_lps, ras_to_lps, refine_organ
 
     try:
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise ContrastSegError(str(err)) from None
     if len(organs) != 1:
         raise ContrastSegError("--organ takes one organ")
+    check_label_output(args.output, "-o")
     model_dir = store.resolve(args.model)
     card = read_card(model_dir)
     if organs[0] not in card["organs"]:  # the same sentence as Model.check_covers, before the CT is read

@@ -51,7 +51,7 @@ def register(sub) -> None:
     pl.set_defaults(func=run_plan)
 
     st = rsub.add_parser("start", help="execute a planned run, or resume an interrupted one")
-    st.add_argument("run", type=Path, help="run folder")
+    st.add_argument("run", help="run name (in $CONTRASTSEG_HOME/runs) or folder path")
     st.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     st.set_defaults(func=run_start)
 
@@ -60,11 +60,11 @@ def register(sub) -> None:
     ls.set_defaults(func=run_list)
 
     s = rsub.add_parser("status", help="one run's status")
-    s.add_argument("run", type=Path)
+    s.add_argument("run", help="run name or folder path")
     s.set_defaults(func=run_status_cmd)
 
     c = rsub.add_parser("cancel", help="stop a running run (it can be resumed with `run start`)")
-    c.add_argument("run", type=Path)
+    c.add_argument("run", help="run name or folder path")
     c.set_defaults(func=run_cancel)
 
     g = rsub.add_parser("gpu-check", help="will the refined network's training batch fit in GPU memory? (JSON)",
@@ -99,10 +99,13 @@ def _split(text: str, option: str) -> list[str]:
                                "check its quotes") from None
 
 
-def _run_dir(path: Path) -> Path:
+def _run_dir(run) -> Path:
+    """A run folder from a run name or a folder path, by the rule model names follow (`store.is_path`): a bare
+    name is a run in $CONTRASTSEG_HOME/runs, never a folder of that name in the current directory."""
     from ..runs.plan import runs_root
+    from ..store import is_path
 
-    return path if path.exists() or path.is_absolute() else runs_root() / path
+    return Path(run) if is_path(run) else runs_root() / str(run)
 
 
 def run_plan(args: argparse.Namespace) -> int:

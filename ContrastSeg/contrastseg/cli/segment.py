@@ -43,24 +43,17 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
             "overlay": args.overlay, "timings": args.timings}
 
 
-def _check_extension(path: Path, what: str) -> None:
-    from ..io import WRITABLE_IMAGE_SUFFIXES, split_suffix
-
-    if split_suffix(path.name)[1].lower() not in WRITABLE_IMAGE_SUFFIXES:
-        raise ContrastSegError(f"{what} '{path}' has an unsupported extension; use .nii.gz, .nii, .nrrd, .seg.nrrd or .mha")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..ct_checks import check_memory
     from ..infer import segment
     from ..io import check_sidecar, read_ct, write_labels
     from ..models.files import load_model, model_files, read_card
-    from ..outputs import check_outputs
+    from ..outputs import check_label_output, check_outputs
 
     t_all = time.perf_counter()
-    _check_extension(args.output, "output")
+    check_label_output(args.output, "output")
     if args.coarse_output:
-        _check_extension(args.coarse_output, "coarse output")
+        check_label_output(args.coarse_output, "coarse output")
     source = args.input or sample_ct()
     model_dir = resolve(args.model)
     card = read_card(model_dir)

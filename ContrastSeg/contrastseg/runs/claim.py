@@ -60,7 +60,10 @@ def claim(run_dir: Path, plan_name: str):
     removed again, so a failed plan leaves no half-made run (and does not take its name)."""
     from ..outputs import os_error_message
 
+    from ..guards import check_home_of
+
     run_dir = Path(run_dir)
+    check_home_of(run_dir, "run")
     try:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -9,11 +9,13 @@ running the plan again resumes.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,7 +102,10 @@ class Runner:
         log(self.run_dir, f"step {name}: contrastseg {' '.join(argv[3:])}")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.child = subprocess.Popen(argv, cwd=self.run_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                      text=True, bufsize=1, env=env)
+                                      stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        said: collections.deque = collections.deque(maxlen=20)  # the step's stderr, also in the run's log
+        drain = threading.Thread(target=self._drain, args=(self.child.stderr, name, said), daemon=True)
+        drain.start()
         error = None
         for line in self.child.stdout:
             try:
@@ -124,12 +129,22 @@ class Runner:
             elif kind == "error":
                 error = event.get("message")
         code = self.child.wait()
+        drain.join(timeout=10)
         self.child = None
         if code != 0:
             logs = [p for p in (self.run_dir / "progress.stderr.txt", self.run_dir / "steps" / name / "log.txt", self.run_dir / LOG)
                     if p.exists()]
-            raise ContrastSegError(error or f"step {name} failed (exit code {code})"
+            last = f": {said[-1][-300:]}" if said and not error else ""
+            raise ContrastSegError(error or f"step {name} failed (exit code {code}{last})"
                                    f"{'; see ' + ' and '.join(map(str, logs)) if logs else ''}")
+
+    def _drain(self, stream, name: str, said) -> None:
+        """A step's stderr goes to the run's log (its error sentence also comes as a JSON event, which the run
+        reports once): the terminal shows one sentence, and a traceback of a bug is kept in the log."""
+        for line in stream:
+            if line.strip():
+                said.append(line.rstrip())
+                log(self.run_dir, f"{name}: {line.rstrip()}")
 
     def stop_child(self) -> None:
         if self.child is not None and self.child.poll() is None:
@@ -192,6 +207,16 @@ class Runner:
         return self.state
 
 
+def _record(runner: Runner, message: str, status: str = "failed") -> None:
+    """Record how the run ended in state.json if the disk lets us: on a full disk that write fails too, and
+    the error the user sees stays the first one (the run, still marked running by a process now gone, reads
+    as interrupted and resumes)."""
+    try:
+        runner.save(status=status, message=message)
+    except (ContrastSegError, OSError):
+        pass
+
+
 def execute(run_dir: Path, progress: Progress) -> dict:
     """Execute (or resume) the plan in `run_dir`, recording failure, cancel and success in state.json."""
     read_plan(run_dir)  # a folder without a plan is refused before a lock file is made in it
@@ -213,18 +238,18 @@ def _execute(run_dir: Path, progress: Progress) -> dict:
         state = runner.execute()
     except Cancelled:
         runner.stop_child()
-        runner.save(status="cancelled", message="cancelled; start the run again to resume")
+        _record(runner, "cancelled; start the run again to resume", status="cancelled")
         log(runner.run_dir, "cancelled")
         progress.emit({"event": "cancelled", "message": "cancelled; start the run again to resume"})
         raise
     except ContrastSegError as err:
         runner.stop_child()
-        runner.save(status="failed", message=str(err))
+        _record(runner, message=str(err))
         log(runner.run_dir, f"failed: {err}")
         raise
     except BaseException as err:
         runner.stop_child()
-        runner.save(status="failed", message=f"internal error: {err!r}")
+        _record(runner, message=f"internal error: {err!r}")
         raise
     finally:
         for s, h in old.items():
