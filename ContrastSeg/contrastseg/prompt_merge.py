@@ -2,8 +2,8 @@
 where something changed, and with the organ that was clicked winning where it was pointed at.
 
 The rules, for organ A refined from hints:
-- A takes the part of its re-prediction that is new and connected to a positive hint, even where another
-  organ B holds those voxels: a clinician who clicks into a structure and says "right kidney" means it. B
+- A takes the part of its re-prediction that is new and connected to a positive point, even where another
+  organ B holds those voxels (a box or a stroke marks a region, not a structure: what they add is background): a clinician who clicks into a structure and says "right kidney" means it. B
   loses exactly those voxels; the record says how many, per organ (`taken`).
 - everywhere else A takes only background (a seam along its old edge, a regrown rim);
 - what A loses becomes background: a negative hint for A never gives or takes a voxel of B;

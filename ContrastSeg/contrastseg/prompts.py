@@ -208,6 +208,14 @@ def refined_grid(image: sitk.Image, model: Model):
 
 
 
+def _point_anchors(grid: sitk.Image, prompts: Prompts) -> np.ndarray:
+    """The voxels of the positive points alone (where the organ may take other organs' voxels)."""
+    out = np.zeros(tuple(reversed(grid.GetSize())), dtype=bool)
+    for p in prompts.positive:
+        out[tuple(_index(grid, p, "positive point"))] = True
+    return out
+
+
 def _components_at(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     """The connected components of `mask` that hold an anchor voxel (or touch one: a dilated anchor), found
     within `mask`'s bounding box."""
@@ -288,7 +296,11 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
             removed, _ = negative_removal(before_balls, clicks, spacing, radius, protected=anchors)
             pred &= ~removed
             added &= pred
-        change = prompt_merge.change_map(pred, organ_now, added, excluded)
+        # the organ takes other organs' voxels only in the part connected to a point: a box's ellipse or a stroke
+        # marks a region, and the re-prediction inside it reaches into the neighbours (TS kidney from a box: Dice
+        # 0.835 taking background only, 0.448 taking every organ's voxels it reached; from a stroke 0.548, 0.444)
+        grabbing = _components_at(added, _point_anchors(fine.grid, prompts)) if prompts.positive else added & False
+        change = prompt_merge.change_map(pred, organ_now, grabbing, excluded)
         box = bounding_box(change > 0)
         box = prompt_merge.mapped_box(box, fine.grid, current) if box is not None else None
         organ_after = None
