@@ -212,6 +212,27 @@ def test_clear_undo_redo_and_the_downloaded_label_map(segmented):
         corrector.clear("")
 
 
+def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_it_away(segmented):
+    """The real engine (default model, 2 threads): the same prompted refinement as Slicer's Correct section."""
+    from contrastseg.web.edits import Corrector
+
+    session, labels = segmented
+    corrector = Corrector(session)
+    centre = session.organ_centre("right_kidney")
+    corrector.clear("right_kidney")
+    change = corrector.click("right_kidney", centre)
+    kidney = labels == 2
+    import slicer
+
+    back = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation, "right_kidney", session.volume) > 0
+    dice = 2 * (back & kidney).sum() / (back.sum() + kidney.sum())
+    assert change["added"] == int(back.sum()) > 0 and dice > 0.6, (change, dice)
+    liver = session.rows(["liver"])[0]["voxels"]  # other organs can only lose what the kidney took from them
+    assert int((labels == 6).sum()) - change["added"] <= liver <= int((labels == 6).sum())
+    assert session.undo() and session.rows(["right_kidney"])[0]["voxels"] == 0
+    assert session.redo() and session.rows(["right_kidney"])[0]["voxels"] == int(back.sum())
+
+
 def test_add_to_dataset_records_the_corrected_organs_model_and_source(segmented):
     from contrastseg.web.edits import Corrector
 

@@ -39,6 +39,7 @@ class WebServer:
 
     def __init__(self, *args: str, home: Path | None = None, env: dict | None = None, timeout: float = 180):
         self.home = Path(home or tempfile.mkdtemp(prefix="contrastseg-web-home-"))
+        self.home.mkdir(parents=True, exist_ok=True)
         self.log = self.home / "server.log"
         full_env = dict(os.environ, CONTRASTSEG_HOME=str(self.home), PYTHONUNBUFFERED="1", **(env or {}))
         command = [sys.executable, "-m", "contrastseg.cli", "web", "--port", "0", "--threads", "2", *args]

@@ -115,6 +115,10 @@ class WebSession:
             raise ContrastSegError(f"{source} passed the checks but could not be shown; try saving it as NIfTI")
         self.volume, self.source = node, source
         self.app.display_manager.show_volume(node, do_reset_views=True)
+        for i in range(node.GetNumberOfDisplayNodes()):  # the 3D view shows the organs, not the CT rendered on
+            display = node.GetNthDisplayNode(i)        # the CPU at every frame (slow on 2 cores, and it hides them)
+            if display is not None and display.IsA("vtkMRMLVolumeRenderingDisplayNode"):
+                display.SetVisibility(False)
         size = "x".join(str(v) for v in image.GetSize())
         return f"Loaded {source} ({size} voxels)."
 
@@ -207,6 +211,11 @@ class WebSession:
         import slicer
 
         segmentation, display = node.GetSegmentation(), node.GetDisplayNode()
+        counts = None
+        if keys is None or len(keys) > 2:  # one export and a bincount, not one pass over the CT per organ
+            import numpy as np
+
+            counts = np.bincount(self.nodes.labelmap_array(node, self.volume).ravel(), minlength=max(BY_ID) + 1)
         out = []
         for i in range(segmentation.GetNumberOfSegments()):
             segment, key = segmentation.GetNthSegment(i), segmentation.GetNthSegmentID(i)
@@ -214,7 +223,10 @@ class WebSession:
                 continue
             oid = self.nodes.organ_id(segment)
             organ = BY_ID.get(oid)
-            voxels = int((slicer.util.arrayFromSegmentBinaryLabelmap(node, key, self.volume) > 0).sum())
+            if counts is not None and oid is not None:
+                voxels = int(counts[oid])
+            else:
+                voxels = int((slicer.util.arrayFromSegmentBinaryLabelmap(node, key, self.volume) > 0).sum())
             out.append({"key": key, "id": oid, "name": segment.GetName(),
                         "color": "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in segment.GetColor()),
                         "snomed": f"SCT {organ.snomed[1]}" if organ else "", "snomed_name": organ.snomed[2] if organ else "",
