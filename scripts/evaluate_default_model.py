@@ -31,7 +31,7 @@ def score_case(case, model, device, coarse_only: bool, out: Path) -> dict:
     from contrastseg.infer import segment
     from contrastseg.io import read_image
     from contrastseg.metrics import evaluate
-    from contrastseg.overlay import write_overlay
+    from contrastseg.overlay import render_overlay
 
     image = read_image(case.image)
     truth = truth_of(case, image)
@@ -45,7 +45,7 @@ def score_case(case, model, device, coarse_only: bool, out: Path) -> dict:
         if stage == "refined" and coarse_only:
             continue
         row[stage] = evaluate(sitk.GetArrayFromImage(labels), truth, spacing, organs)
-    write_overlay(image, seg.labels, out / f"{case.key}.png")
+    render_overlay(image, seg.labels, out / f"{case.key}.png", title=case.title)
     return row
 
 

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_cases import chaos_truth  # noqa: E402  (one reader of CHAOS's masks for every evaluation)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 TS = DATA / "totalsegmentator-examples"
@@ -56,30 +59,8 @@ def cli(*args: str, env: dict | None = None) -> None:
     subprocess.run([sys.executable, "-m", "contrastseg.cli", *args], check=True, env=env)
 
 
-def chaos_truth(reference):
-    """CHAOS's manual liver mask as {6: mask} on the CT's grid: one PNG per DICOM file, in file-name order.
-
-    The series is read sorted by slice position; each file's own ImagePositionPatient says which slice of
-    the volume its PNG belongs to (the file names run head to foot).
-    """
-    import SimpleITK as sitk
-
-    files = sorted((CHAOS / "DICOM_anon").glob("*.dcm"))
-    pngs = sorted((CHAOS / "Ground").glob("liver_GT_*.png"))
-    if len(files) != len(pngs):
-        raise SystemExit(f"CHAOS: {len(files)} DICOM files but {len(pngs)} masks")
-    mask = np.zeros(tuple(reversed(reference.GetSize())), dtype=bool)
-    for f, p in zip(files, pngs):
-        r = sitk.ImageFileReader()
-        r.SetFileName(str(f))
-        r.ReadImageInformation()
-        pos = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
-        k = int(round(reference.TransformPhysicalPointToContinuousIndex(pos)[2]))
-        mask[k] = sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0
-    return {6: mask}
-
-
 def truth_of(name: str, image):
+    """{BTCV id: mask} of a case on `image`'s grid: CHAOS's PNG masks, or a label map / IRCAD's masks."""
     from contrastseg.dataset import NAMED_ID_MAPS
     from contrastseg.metrics import load_truth
 
