@@ -120,12 +120,14 @@ def clicked_lobe(organ: np.ndarray, centre, spacing_xyz) -> np.ndarray | None:
     edge of something thicker (then its ball is what goes).
 
     The rule, on the organ's distance map D (mm to the nearest voxel outside it) within the connected
-    component the click is in: with d = D at the click, the click's *core* is what stays connected to it
+    component the click is in, with d = D at the click: a click in the middle of the whole component (d at least
+    LOBE_CENTRE times its deepest voxel) takes all of it. Otherwise the click's *core* is what stays connected to it
     through voxels at least LOBE_NECK * d deep, and its *lobe* is the core with the thinner voxels nearest to it
     (rather than to another thick part). The lobe goes when the click is in its middle (d at least LOBE_CENTRE
     times the core's deepest voxel): the user clicked into the thick of something and said "not this".
-    - a false blob, even the organ's largest piece, goes whole with one click in it (IRCAD: a right kidney
-      label on the wrong region);
+    - a false blob, even the organ's largest piece, goes whole with one click in its middle (IRCAD: a right
+      kidney label on the wrong region; a kidney's own shape has necks thinner than half its depth, so its lobe
+      alone was three quarters of it);
     - a leak joined to the organ through a neck thinner than half the leak goes without the organ: the core
       stops at the neck (a leak of the TS example CT's left kidney);
     - a click on a rim or the edge of a good organ, or a leak joined broadly, is shallow beside the core it
@@ -146,6 +148,11 @@ def clicked_lobe(organ: np.ndarray, centre, spacing_xyz) -> np.ndarray | None:
     spacing_zyx = tuple(float(v) for v in reversed(spacing_xyz))
     dist = ndimage.distance_transform_edt(component, sampling=spacing_zyx)
     d = float(dist[local])
+    out = np.zeros(organ.shape, dtype=bool)
+    sub = tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(box, inner))
+    if d >= LOBE_CENTRE * float(dist.max()):  # in the middle of the whole piece: all of it is wrong
+        out[sub] = component
+        return out
     thick = dist >= LOBE_NECK * d
     cores, _ = ndimage.label(thick)
     core = cores == cores[local]
@@ -157,8 +164,6 @@ def clicked_lobe(organ: np.ndarray, centre, spacing_xyz) -> np.ndarray | None:
                             <= ndimage.distance_transform_edt(~others, sampling=spacing_zyx))
     else:
         lobe = component
-    out = np.zeros(organ.shape, dtype=bool)
-    sub = tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(box, inner))
     out[sub] = lobe
     return out
 
