@@ -6,7 +6,10 @@ scripts/click_eval.py puts it (the innermost voxel of the largest error, METHODS
   floor measured with the bundled model, and every other organ keeps its voxels;
 - a negative click in a false-positive component (one that touches no true voxel) removes all of it;
 - a positive and a negative click closer than a ball's radius: the nearer one decides each voxel;
-- a positive click deep inside a painted segment changes no voxel (only changes go back to the CT's grid).
+- a positive click deep inside a painted segment changes no voxel (only changes go back to the CT's grid);
+- from the manual masks (issue 23): a kidney labelled as spleen is taken back by one positive click for the
+  kidney, the spleen losing only voxels of the clicked component; the right kidney's label moved onto a wrong
+  region (its largest piece, false) goes whole with one negative click, its true piece staying.
 
 The CT and its masks are read in place from ../shared/data; what the test writes (segmentations of the CT)
 goes to pytest's temporary folders and is deleted once read, since the IRCAD licence forbids keeping copies
@@ -27,8 +30,9 @@ pytestmark = [needs_ircad, needs_default_model()]
 CT = IRCAD / "PATIENT_DICOM"
 LEFT_KIDNEY, RIGHT_KIDNEY = 3, 2
 CLICK_FLOOR = 0.70  # left kidney after one click; measured 0.736 from 0.585 (2026-12-01, default model v0.2, 2 threads)
-ADDED_PRECISION = 0.93  # share of the voxels that click adds that are kidney: 0.98 (0.86 when the whole
-#                         re-prediction connected to the current segment was taken)
+ADDED_PRECISION = 0.85  # share of the voxels that click adds that are kidney: 0.98 with the 15 mm ball, about
+#                         0.93 with the kidney's whole 25 mm radius (issue 23: 0.837 Dice after the click instead
+#                         of 0.736); 0.86 when the whole re-prediction connected to the current segment was taken
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,8 @@ def test_one_click_in_the_missed_part_of_a_kidney_adds_it(tmp_path, start):
     print(f"left kidney: Dice {dice_before:.3f} -> {dice_after:.3f} after one click")
     assert dice_after > CLICK_FLOOR and dice_after > dice_before + 0.1, (dice_before, dice_after)
     others = (before != LEFT_KIDNEY) & (before != 0)
-    assert np.array_equal(after[others], before[others])  # no other organ lost or gained a voxel
+    lost = others & (after != before)  # another organ loses voxels only to the clicked kidney (issue 23)
+    assert (after[lost] == LEFT_KIDNEY).all()
     # a positive click only adds: the current segment keeps every voxel
     assert (after[before == LEFT_KIDNEY] == LEFT_KIDNEY).all()
     # the click adds the missed part it points at, not the re-prediction's leaks along the rest of the border
@@ -126,7 +131,8 @@ def test_where_a_positive_and_a_negative_ball_overlap_the_nearer_click_decides(t
     assert after[z, y, x] == LEFT_KIDNEY
     assert not (after[z, y, x + step - 1: x + step + 2] == LEFT_KIDNEY).any()  # and the negative one's is not
     others = (before != LEFT_KIDNEY) & (before != 0)
-    assert np.array_equal(after[others], before[others])
+    lost = others & (after != before)
+    assert (after[lost] == LEFT_KIDNEY).all()  # other organs lose voxels only to the clicked kidney
 
 
 def test_a_negative_click_removes_a_false_positive_component(tmp_path, start):
@@ -160,4 +166,103 @@ def test_a_negative_click_removes_a_false_positive_component(tmp_path, start):
     assert (both[body] == RIGHT_KIDNEY).mean() > 0.95
     print(f"  with a positive click too: Dice {_dice(both == RIGHT_KIDNEY, truth[RIGHT_KIDNEY]):.3f}")
     organs = others & (before != 0)
-    assert np.array_equal(both[organs], before[organs])  # the other organs' voxels; background may become kidney
+    lost = organs & (both != before)  # other organs lose voxels only to the kidney the positive click pointed at
+    assert (both[lost] == RIGHT_KIDNEY).all()
+
+
+@pytest.fixture(scope="module")
+def manual(tmp_path_factory):
+    """(the CT's grid as an image, a label map of the manual masks: spleen, both kidneys, liver) of IRCAD
+    patient 1, built in memory; written files are deleted after the module's tests."""
+    import shutil
+
+    from contrastseg.io import read_image
+    from contrastseg.metrics import load_truth
+
+    image = read_image(CT)
+    truth = load_truth(IRCAD / "MASKS_DICOM.zip", image)
+    labels = np.zeros(truth[6].shape, dtype=np.uint8)
+    for organ in (6, 1, RIGHT_KIDNEY, LEFT_KIDNEY):
+        labels[truth[organ]] = organ
+    folder = tmp_path_factory.mktemp("ircad-manual")
+    yield image, labels, truth, folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write(labels: np.ndarray, image, path):
+    out = sitk.GetImageFromArray(labels.astype(np.uint8))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(path))
+    return path
+
+
+def test_a_kidney_labelled_spleen_is_taken_back_by_one_positive_click(manual):
+    """The issue's case: most of a kidney named spleen. One positive click for the right kidney in the middle of
+    it brings the kidney back from the spleen; the spleen loses voxels of that component only, the true spleen
+    keeps every voxel, and the other organs lose nothing but what became kidney."""
+    image, labels, truth, folder = manual
+    before = np.where(labels == RIGHT_KIDNEY, 1, labels)  # a second spleen component: the kidney
+    path = _write(before, image, folder / "kidney-as-spleen.nii")
+    z, y, x = _innermost(truth[RIGHT_KIDNEY], _spacing(path))
+    try:
+        after = _refine(folder, path, "--organ", "right_kidney", "--point-ijk", f"{x},{y},{z}")
+    finally:
+        path.unlink()
+    kidney = after == RIGHT_KIDNEY
+    dice = _dice(kidney, truth[RIGHT_KIDNEY])
+    from_spleen = (before == 1) & kidney
+    print(f"right kidney from the spleen: Dice 0 -> {dice:.3f} after one click, {int(from_spleen.sum())} voxels taken")
+    assert dice > 0.5, dice  # measured 0.659 (2026-12-07, default model v0.2): the organ, not a piece of it
+    assert (after[truth[1] & (before == 1)] == 1).all()  # the clicked organ took nothing of the true spleen
+    lost = (before != 0) & (before != RIGHT_KIDNEY) & (after != before)
+    assert (after[lost] == RIGHT_KIDNEY).all()  # voxels change owner only to the clicked organ
+    spleen_lost = (before == 1) & (after != 1)
+    assert spleen_lost.any() and (spleen_lost & truth[RIGHT_KIDNEY]).sum() > 0.99 * spleen_lost.sum()  # the clicked component
+
+
+def _moved(kidney: np.ndarray, occupied: np.ndarray, spacing) -> np.ndarray:
+    """The kidney's mask moved 60-120 mm in-plane onto voxels no organ holds (the first such place found)."""
+    for mm in (80, 100, 120, 60):
+        for axis in (1, 2):
+            for sign in (-1, 1):
+                shift = sign * int(round(mm / spacing[axis]))
+                moved = np.roll(kidney, shift, axis=axis)
+                if not (moved & occupied).any():
+                    edge = np.zeros_like(kidney)
+                    index = [slice(None)] * 3
+                    index[axis] = slice(0, abs(shift)) if shift > 0 else slice(shift, None)
+                    edge[tuple(index)] = True
+                    if not (moved & edge).any():  # nothing wrapped round the array's end
+                        return moved
+    raise AssertionError("no free place for the moved kidney")
+
+
+def test_a_false_largest_piece_goes_with_one_negative_click(manual):
+    """The right kidney's label moved onto a place no organ holds: the organ's largest piece is false, the lower
+    third of the true kidney (left in place) its other piece. One negative click in the middle of the false piece
+    removes all of it, and nothing else (the rule before kept the largest piece always: only the click's ball
+    went)."""
+    image, labels, truth, folder = manual
+    kidney = truth[RIGHT_KIDNEY]
+    spacing = tuple(reversed(image.GetSpacing()))
+    zs = np.nonzero(kidney.any(axis=(1, 2)))[0]
+    true_part = kidney.copy()
+    true_part[zs.min() + (zs.max() - zs.min()) // 3:] = False  # the lower third stays where it is
+    before = np.where(labels == RIGHT_KIDNEY, 0, labels)
+    false_piece = _moved(kidney, (before != 0) | ndimage.binary_dilation(true_part, iterations=3), spacing)
+    before[false_piece | true_part] = RIGHT_KIDNEY
+    cc, _ = ndimage.label(before == RIGHT_KIDNEY)
+    sizes = np.bincount(cc.ravel())[1:]
+    assert (cc == sizes.argmax() + 1)[false_piece].all()  # the false piece is the organ's largest
+    path = _write(before, image, folder / "kidney-moved.nii")
+    z, y, x = _innermost(false_piece, spacing)
+    try:
+        after = _refine(folder, path, "--organ", "right_kidney", "--neg-point-ijk", f"{x},{y},{z}")
+    finally:
+        path.unlink()
+    print(f"right kidney's false largest piece: {int((after[false_piece] == RIGHT_KIDNEY).sum())} of "
+          f"{int(false_piece.sum())} voxels left after one negative click")
+    assert not (after[false_piece] == RIGHT_KIDNEY).any()
+    assert (after[true_part] == RIGHT_KIDNEY).all()
+    rest = before != RIGHT_KIDNEY
+    assert np.array_equal(after[rest], before[rest])
