@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from contrastseg.progress import Progress
-from contrastseg.train.coarse import train_coarse
+from contrastseg.train.coarse import start_from_model, train_coarse
 from contrastseg.train.refined import finetune
 from contrastseg.train.settings import CoarseSettings, RefinedSettings
 
@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--fov", type=float, default=CoarseSettings.fov, help="share of crops whose field of view ends")
     ap.add_argument("--intensity", default=CoarseSettings.intensity, choices=["soft-top", "percentile"])
     ap.add_argument("--coarse-only", action="store_true", help="stop after the coarse network")
+    ap.add_argument("--start-from", type=Path, default=None,
+                    help="a model folder whose networks start this one's (v0.3 started from v0.2: see the docstring)")
+    ap.add_argument("--lr", type=float, default=CoarseSettings.lr, help="the coarse network's learning rate")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -86,18 +89,24 @@ def main() -> None:
     coarse = args.work / "coarse" / "model"
     if not (coarse / "card.json").exists():
         settings = CoarseSettings(steps=args.coarse_steps, channels=tuple(args.coarse_channels), crop=tuple(args.coarse_crop),
-                                  seed=args.seed, phase=args.phase, fov=args.fov, intensity=args.intensity,
+                                  seed=args.seed, lr=args.lr, phase=args.phase, fov=args.fov, intensity=args.intensity,
                                   inputs=("image",) if args.no_lateral else ("image", "lateral"),
                                   painted=[] if args.no_painted else [str(p) for p in PAINTED])
-        coarse = train_coarse(args.work / "data", args.work / "coarse", settings, device, Progress("bar", {"train": 1}))
+        init = None
+        if args.start_from:  # its coarse network's widths, and the inputs asked for
+            init = start_from_model(args.start_from, settings.inputs)
+            settings.channels = tuple(init.channels)
+        coarse = train_coarse(args.work / "data", args.work / "coarse", settings, device, Progress("bar", {"train": 1}),
+                              init=init)
     print(f"\ncoarse model: {coarse} ({time.time() - t0:.0f} s so far)")
     if args.coarse_only:
         return
     refined_settings = RefinedSettings(steps=args.refined_steps, seed=args.seed, augment=True)
     refined = args.work / "refined" / "model"
     if not (refined / "card.json").exists():
+        start = args.start_from / "refined.safetensors" if args.start_from else None
         refined = finetune(args.work / "data", args.work / "refined", coarse, refined_settings, device,
-                           Progress("bar", {"train": 1}))
+                           Progress("bar", {"train": 1}), init=start)
     print(f"\nrefined model: {refined} ({time.time() - t0:.0f} s in all)")
 
 

@@ -49,6 +49,28 @@ def load_coarse_init(path: Path, settings: CoarseSettings) -> torch.nn.Module:
     return net
 
 
+def start_from_model(model_dir: Path, inputs: tuple[str, ...]) -> torch.nn.Module:
+    """A model's coarse network as the start of a new one that takes `inputs` (inputs.COARSE_INPUTS): the
+    weights of inputs the old network did not take start at zero, so it first answers as it did and learns
+    what the new channels add. (The default model v0.3 started from v0.2's coarse network so.)"""
+    old = load_model(model_dir, stages=("coarse",))
+    had = list(old.card["coarse"].get("inputs", ["image"]))
+    if had != list(inputs[: len(had)]):
+        raise ContrastSegError(f"the coarse network of {model_dir} takes {had}; it can only start a network whose "
+                               f"inputs begin with those (asked: {list(inputs)})")
+    net = build_coarse({"channels": old.card["coarse"]["channels"], "inputs": list(inputs)})
+    state = net.state_dict()
+    for key, value in old.coarse.state_dict().items():
+        if state[key].shape == value.shape:
+            state[key] = value
+        else:  # the first layer's input channels: the old ones copied, the new ones zero
+            grown = torch.zeros_like(state[key])
+            grown[:, : value.shape[1]] = value
+            state[key] = grown
+    net.load_state_dict(state)
+    return net
+
+
 def _annotated_row(case: PreparedCase, organs: list[int]) -> np.ndarray:
     row = np.zeros(NUM_CLASSES, dtype=bool)
     row[[o for o in (case.annotated or []) if o in organs]] = True
