@@ -62,10 +62,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("work/default"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--coarse-steps", type=int, default=3000)
+    ap.add_argument("--coarse-steps", type=int, default=2000)
     ap.add_argument("--coarse-channels", type=int, nargs=4, default=list(CoarseSettings.channels))
     ap.add_argument("--coarse-crop", type=int, nargs=3, default=[48, 96, 96])
-    ap.add_argument("--refined-steps", type=int, default=2000)
+    ap.add_argument("--refined-steps", type=int, default=1500)
+    ap.add_argument("--refined-lr", type=float, default=5e-4, help="the refined network's learning rate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", default=None, help="leave this training CT out (e.g. ts-s0009) to test the recipe on it")
     # the ingredients, to measure each (README: what each does on the unseen CTs)
@@ -77,7 +78,7 @@ def main() -> None:
     ap.add_argument("--coarse-only", action="store_true", help="stop after the coarse network")
     ap.add_argument("--start-from", type=Path, default=None,
                     help="a model folder whose networks start this one's (v0.3 started from v0.2: see the docstring)")
-    ap.add_argument("--lr", type=float, default=CoarseSettings.lr, help="the coarse network's learning rate")
+    ap.add_argument("--lr", type=float, default=1e-3, help="the coarse network's learning rate")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def main() -> None:
     print(f"\ncoarse model: {coarse} ({time.time() - t0:.0f} s so far)")
     if args.coarse_only:
         return
-    refined_settings = RefinedSettings(steps=args.refined_steps, seed=args.seed, augment=True)
+    refined_settings = RefinedSettings(steps=args.refined_steps, lr=args.refined_lr, seed=args.seed, augment=True)
     refined = args.work / "refined" / "model"
     if not (refined / "card.json").exists():
         start = args.start_from / "refined.safetensors" if args.start_from else None
