@@ -32,7 +32,7 @@ def items(dataset):
 
 @pytest.fixture(scope="module")
 def sampler(dataset, items):
-    cases = prepare_cases(items, dataset, 1.5)
+    cases = prepare_cases(items, dataset, 1.5, "soft-top")
     return PatchSampler(cases, list(range(1, 14)), 64, context_size(64), perturb=False)
 
 
@@ -90,7 +90,7 @@ def test_polycl_triplet_rules(dataset, items):
 
 
 def test_slic_regions_lie_inside_the_body(dataset, items):
-    cases = prepare_cases(items, dataset, 1.5)
+    cases = prepare_cases(items, dataset, 1.5, "soft-top")
     bank = build_bank(items, cases, dataset, slices_per_case=3, max_regions=None)
     assert len(bank) > 20
     for ci, k, lab, y0, y1, x0, x1 in bank.regions:
