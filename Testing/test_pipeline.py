@@ -20,7 +20,7 @@ from realdata import TS, model, needs_data, needs_default_model, small_ct  # noq
 pytestmark = [needs_data, needs_default_model()]
 CPU = torch.device("cpu")
 
-# Floors measured on 2026-11-25 with the shipped default model (see README "Accuracy"); a regression below
+# Floors measured on 2026-11-25 with the shipped default model (docs/default-model.md); a regression below
 # them fails. The sample CT was training data, so these check the pipeline, not generalisation.
 SAMPLE_MEAN_DICE_FLOOR = 0.45  # measured 0.531 (12 organs; the small ones score 0; v0.1 0.523)
 SAMPLE_LIVER_DICE_FLOOR = 0.90  # measured 0.963 (v0.1 0.953)

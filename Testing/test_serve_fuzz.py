@@ -24,7 +24,7 @@ from realdata import TS, needs_data, needs_default_model
 pytestmark = [needs_data, needs_default_model()]
 CT = TS / "example_ct_sm.nii.gz"
 
-# the fields of each op (README "The warm worker") and what kind of value each takes; "?" = may be null
+# the fields of each op (docs/worker.md) and what kind of value each takes; "?" = may be null
 FIELDS = {
     "open": {"ct": "path", "model": "path?", "key": "key?"},
     "segment": {"ct": "key", "output": "path?", "coarse_output": "path?", "organs": "organs?", "coarse_only": "bool"},

@@ -1,4 +1,4 @@
-"""Every module and engine file runs on the Python of the oldest Slicer the README promises (issue 23): Slicer
+"""Every module and engine file runs on the Python of the oldest Slicer the README promises: Slicer
 5.6 and 5.8 ship Python 3.9, where `X | Y` in an annotation Python evaluates, `match`, zip(strict=) and
 dataclass(slots=) fail at import. ContrastSegTraining.py did not load on them.
 

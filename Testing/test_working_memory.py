@@ -3,7 +3,7 @@
 The grids are resampled straight from the stored CT (no reoriented copy), the CT stays in its 16-bit type,
 and the fusion keeps a running argmax instead of one volume per organ. Each of these must give exactly
 what the direct computation gives, and the fusion's memory must not grow with the number of organs.
-Peak RSS itself is measured by `scripts/bench_segment.py` (README, "Speed and memory"), not here.
+Peak RSS itself is measured by `scripts/bench_segment.py` (docs/benchmarks.md), not here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The warm engine worker (`contrastseg serve --stdio`): one process that keeps the model, the open CTs and their
 refined grids in memory, and answers JSON lines on stdin with JSON lines on stdout.
 
-Protocol `contrastseg-serve/1` (README "The warm worker"). On start the worker says
+Protocol `contrastseg-serve/1` (docs/worker.md). On start the worker says
 `{"event": "ready", "protocol": "contrastseg-serve/1", "version": ...}`. Every request is one JSON object
 with an `id` (any JSON value, echoed back) and an `op`:
 

@@ -7,7 +7,7 @@ CT itself, once, and cached beside the other preprocessed arrays.
 
 Encoder input: channel 0 the windowed slice, channel 1 the slice's body mask. The refined network's second
 channel is an organ attention mask ("where to look"); a body mask is the closest whole-slice analogue, and
-it keeps the channel's filters trained rather than left at their random start (see docs/README-pretraining.md).
+it keeps the channel's filters trained rather than left at their random start (see docs/pretraining.md).
 """
 
 from __future__ import annotations

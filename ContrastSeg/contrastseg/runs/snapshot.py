@@ -23,7 +23,7 @@ def is_correction(record: dict) -> bool:
 
 
 def split_validation(labelled: list[dict], seed: int = 0) -> tuple[list[dict], list[dict], str]:
-    """(train, held out, why): the validation rule (README "Retraining").
+    """(train, held out, why): the validation rule (docs/retraining.md).
 
     Corrected cases always train. A case is held out only when the user marked it (`dataset add --validation`,
     the checkbox in Slicer), or, when there are at least AUTO_VALIDATION_FROM labelled cases and none is
