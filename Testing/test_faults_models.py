@@ -133,14 +133,21 @@ def test_models_add_refuses_broken_folders(model, home, capsys, breakage, patter
 
 
 def test_card_organs_must_match_the_trained_channels(model, capsys):
-    """The default coarse network never learnt the esophagus: a card listing it is refused, and the genuine
-    card refuses `--organs esophagus` instead of labelling voxels from an untrained channel."""
-    edit_card(model, lambda c: c.update(organs=list(range(1, 14))))
+    """A card may list fewer organs than the coarse weights were trained for (the default model lists only the
+    organs an unseen CT shows found), never more: with the weights recording 12 trained channels, a card listing
+    the 13th is refused. The genuine card refuses `--organs esophagus` instead of labelling its voxels."""
+    path = model / "coarse.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta, state = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["organs"] = json.dumps([o for o in range(1, 14) if o != 5])  # the esophagus channel never trained
+    save_file(state, str(path), metadata=meta)
+    edit_card(model, lambda c: c.update(organs=list(range(1, 14)), coarse=dict(c["coarse"], sha256=sha256(path))))
     with pytest.raises(ContrastSegError, match=r"lists 13 organs, but .* trained for 12: not for esophagus \(5\)"):
         load_model(model)
     one_sentence(capsys, ["models", "add", model, "--name", "thirteen"], "not for esophagus (5)")
     edit_card(model, lambda c: c.update(organs=[1, 2, 3]))  # a card may cover fewer organs than were trained
-    assert load_model(model, ("coarse",)).organs == [1, 2, 3]
+    loaded = load_model(model, ("coarse",))
+    assert loaded.organs == [1, 2, 3] and loaded.competing == [o for o in range(1, 14) if o != 5]
 
 
 @needs_data

@@ -16,12 +16,14 @@ from contrastseg.dataset_edit import add_entry
 from contrastseg.runs.plan import RunRequest, make_plan
 from realdata import IRCAD, TS, needs_data, needs_default_model, needs_ircad
 
-# Stomach Dice (coarse network alone, `--organs stomach`, example_ct_sm vs its TotalSegmentator labels) after
-# 40 coarse steps on example_ct with its stomach label removed, no replay; measured 2026-12-01 on 2 CPU
-# threads: the default model 0.515; the stomach left out of the annotated organs (marginal loss +
-# distillation) 0.474; the stomach kept "annotated" with no voxels (a loss without partial labels: the
-# stomach taught as background) 0.000.
-STOMACH_FLOOR = 0.35
+# The left-out organ's Dice (coarse network alone, `--organs spleen`, example_ct_sm vs its TotalSegmentator
+# labels) after 40 coarse steps on example_ct with its label removed, no replay. Measured 2026-12-01 with the
+# stomach and default model v0.2: the default model 0.515; the organ left out of the annotated organs (marginal
+# loss + distillation) 0.474; the organ kept "annotated" with no voxels (a loss without partial labels: the organ
+# taught as background) 0.000. Default model v0.3 does not list the stomach (no unseen CT shows it found), so the
+# test now leaves out the spleen, which it lists.
+LEFT_OUT = 1  # spleen
+LEFT_OUT_FLOOR = 0.6
 
 
 @pytest.fixture(autouse=True)
@@ -80,15 +82,15 @@ def test_a_corrected_ircad_case_retrains_both_networks_and_registers(tmp_path):
     assert corrected["after"]["liver"] > 0.8  # a few steps from the default model keep the liver
 
 
-def _stomach_run(tmp_path, name: str, organs: list[int] | None) -> float:
-    """Train the coarse network 40 steps on example_ct without its stomach label; the stomach's coarse Dice
-    on example_ct_sm afterwards."""
+def _left_out_run(tmp_path, name: str, organs: list[int] | None) -> float:
+    """Train the coarse network 40 steps on example_ct without the LEFT_OUT organ's label; that organ's coarse
+    Dice on example_ct_sm afterwards."""
     from contrastseg.dataset import NAMED_ID_MAPS
     from contrastseg.io import read_image, read_labels
 
     ct = read_image(TS / "example_ct.nii.gz")
     labels = sitk.GetArrayFromImage(read_labels(TS / "example_seg_fast_force_split.nii.gz", ct, NAMED_ID_MAPS["totalsegmentator"]))
-    labels[labels == 7] = 0
+    labels[labels == LEFT_OUT] = 0
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(ct)
     path = tmp_path / f"{name}.nii.gz"
@@ -100,15 +102,15 @@ def _stomach_run(tmp_path, name: str, organs: list[int] | None) -> float:
                  "--replay", "0", "--threads", "2", "--progress", "none"]) == 0
     pred = tmp_path / f"{name}-sm.nii.gz"
     assert main(["segment", str(TS / "example_ct_sm.nii.gz"), "-o", str(pred), "--model", str(run / "model"),
-                 "--coarse-only", "--organs", "stomach", "--threads", "2", "--progress", "none"]) == 0
+                 "--coarse-only", "--organs", str(LEFT_OUT), "--threads", "2", "--progress", "none"]) == 0
     ref = read_image(TS / "example_ct_sm.nii.gz")
-    truth = sitk.GetArrayFromImage(read_labels(TS / "example_seg.nii.gz", ref, NAMED_ID_MAPS["totalsegmentator"])) == 7
-    got = sitk.GetArrayFromImage(sitk.ReadImage(str(pred))) == 7
+    truth = sitk.GetArrayFromImage(read_labels(TS / "example_seg.nii.gz", ref, NAMED_ID_MAPS["totalsegmentator"])) == LEFT_OUT
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(pred))) == LEFT_OUT
     return 2 * float((got & truth).sum()) / max(1, int(got.sum() + truth.sum()))
 
 
 @needs_data
 @needs_default_model()
 def test_an_organ_left_out_of_the_correction_is_not_taught_as_background(tmp_path):
-    annotated = [o for o in range(1, 14) if o != 7]  # every organ but the stomach
-    assert _stomach_run(tmp_path, "partial", annotated) >= STOMACH_FLOOR
+    annotated = [o for o in range(1, 14) if o != LEFT_OUT]  # every organ but the left-out one
+    assert _left_out_run(tmp_path, "partial", annotated) >= LEFT_OUT_FLOOR

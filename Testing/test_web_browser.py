@@ -140,7 +140,9 @@ def test_segment_click_undo_save_on_the_sample_ct(page, server, tmp_path):
     shot(page, "saved")
 
 
-def test_a_token_keeps_out_requests_without_it(tmp_path):
+def test_a_token_keeps_out_requests_without_it(tmp_path, page):
+    # a new tab of the module's browser: Playwright's sync API runs one instance per thread, and the module's
+    # page holds it until the module ends
     web = WebServer("--token", TOKEN, home=tmp_path / "home")
     try:
         for path, headers in (("/", {}), ("/index.html", {}), ("/ws", {"Upgrade": "websocket", "Connection": "Upgrade"}),
@@ -151,16 +153,19 @@ def test_a_token_keeps_out_requests_without_it(tmp_path):
         ok = urllib.request.urlopen(urllib.request.Request(web.url + "index.html",
                                                            headers={"Authorization": f"Bearer {TOKEN}"}), timeout=30)
         assert ok.status == 200
-        with browser() as page:
-            page.goto(web.url)
-            assert page.text_content("#login-message") == "This ContrastSeg app needs its token."
-            page.fill("#token", "not-the-token-at-all")
-            page.click("#login-button")
-            assert page.text_content("#login-message") == "That token is not right."
-            shot(page, "token")
-            page.fill("#token", TOKEN)
-            page.click("#login-button")
-            page.wait_for_selector("#load-sample", timeout=60_000)  # the app itself, over its websocket
-            wait_views_ready(page)
+        tab = page.context.new_page()
+        try:
+            tab.goto(web.url)
+            assert tab.text_content("#login-message") == "This ContrastSeg app needs its token."
+            tab.fill("#token", "not-the-token-at-all")
+            tab.click("#login-button")
+            assert tab.text_content("#login-message") == "That token is not right."
+            shot(tab, "token")
+            tab.fill("#token", TOKEN)
+            tab.click("#login-button")
+            tab.wait_for_selector("#load-sample", timeout=120_000)  # the app itself, over its websocket
+            wait_views_ready(tab)
+        finally:
+            tab.close()
     finally:
         web.stop()

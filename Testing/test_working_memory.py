@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from contrastseg.infer import REFINE_BATCH, _bbox, _pad_to, _probs_to_grid, coarse_stage, refine
+from contrastseg.inputs import InputSpec, coarse_input
 from contrastseg.io import read_image
 from contrastseg.preprocess import (canonical_geometry, canonical_slices, inplane_spacing, normalize, prepare,
                                     to_canonical)
@@ -92,9 +93,10 @@ def _votes_fusion(net, image, attention, organs, margin=16):
 
 @pytest.fixture(scope="module")
 def grids(model, small_ct):
-    low = prepare(small_ct, tuple(model.card["coarse"]["spacing"]))
-    probs, _ = coarse_stage(model.coarse, low.array, model.organs, CPU)
-    fine = prepare(small_ct, inplane_spacing(small_ct, model.card["refined"]["inplane_spacing"]))
+    spec = InputSpec.of(model.card)  # the model's own intensity mode and coarse inputs
+    low = prepare(small_ct, tuple(model.card["coarse"]["spacing"]), spec.intensity)
+    probs, _ = coarse_stage(model.coarse, coarse_input(low.array, low.grid.GetSpacing()[0], spec), model.organs, CPU)
+    fine = prepare(small_ct, inplane_spacing(small_ct, model.card["refined"]["inplane_spacing"]), spec.intensity)
     return low, probs, fine
 
 

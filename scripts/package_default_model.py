@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from contrastseg.models.files import load_model, read_card, save_stage, write_card
+from contrastseg.organs import BY_ID, parse_organs
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "Resources" / "Models" / "default"
@@ -70,6 +71,11 @@ def main() -> None:
                     help="the model whose refined network --init started from (a copy of the previous default); "
                          "its training record is kept in the card")
     ap.add_argument("--clicks", type=Path, default=None, help="scripts/click_eval.py's Markdown table (e.g. docs/click-eval.md)")
+    ap.add_argument("--organs", default=None,
+                    help="comma-separated organ names the card lists (default: every organ trained); an organ left out "
+                         "is one no unseen CT shows found (Dice above 0.5): the card says so under 'not_listed'")
+    ap.add_argument("--why-not", default="no unseen CT shows it found (Dice above 0.5)",
+                    help="the reason recorded for the organs --organs leaves out")
     args = ap.parse_args()
     if args.model is None:
         if not args.clicks or args.eval or args.coarse or args.coarse_start or args.refined_start:
@@ -94,10 +100,20 @@ def main() -> None:
                       init=f"the refined network of model '{start.get('name')}' v{start.get('version')}",
                       started_from=start["training"]["refined"])
         model.card = dict(model.card, training=dict(model.card["training"], refined=record))
+    trained = list(model.card["organs"])
+    listed = trained
+    if args.organs:
+        try:
+            listed = parse_organs(args.organs)
+        except ValueError as err:
+            ap.error(str(err))
+        if set(listed) - set(trained):
+            ap.error(f"--organs names organs the model was not trained for: {sorted(set(listed) - set(trained))}")
     TARGET.mkdir(parents=True, exist_ok=True)
-    card = dict(model.card, name="default", version=VERSION, notes=NOTES, license="Apache-2.0", attribution=ATTRIBUTION,
+    card = dict(model.card, name="default", organs=listed,
+                not_listed={BY_ID[o].key: args.why_not for o in trained if o not in listed}, version=VERSION, notes=NOTES, license="Apache-2.0", attribution=ATTRIBUTION,
                 training_data=training_data(model.card),
-                coarse=dict(model.card["coarse"], weights=save_stage(TARGET, "coarse", model.coarse, half=True)),
+                coarse=dict(model.card["coarse"], weights=save_stage(TARGET, "coarse", model.coarse, half=True, organs=trained)),
                 refined=dict(model.card["refined"], weights=save_stage(TARGET, "refined", model.refined, half=True)))
     if args.eval:
         validation = {}

@@ -57,12 +57,16 @@ def _pad_to(arr: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, .
 
 
 @torch.inference_mode()
-def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed: list[int], progress: Progress | None = None) -> np.ndarray:
-    """Softmax over background + `allowed` organs of the coarse net on its input (channels, z, y, x: inputs.
-    coarse_input; a bare (z, y, x) volume is the image alone); (C, z, y, x) float32."""
+def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed: list[int], progress: Progress | None = None,
+                         competing: list[int] | None = None) -> np.ndarray:
+    """Softmax of the coarse net on its input (channels, z, y, x: inputs.coarse_input; a bare (z, y, x) volume
+    is the image alone) over background + the `competing` organs (default: `allowed`), the probability of a
+    competing organ not `allowed` then counted as background; (C, z, y, x) float32. So an organ left out (not
+    asked for, or not listed by the model's card) keeps its voxels from the organs asked for."""
+    competing = sorted(set(competing or []) | set(allowed))
     x = torch.from_numpy(volume if volume.ndim == 4 else volume[None])[None].to(device)
     mask = torch.full((NUM_CLASSES,), float("-inf"), device=device)
-    mask[[0, *allowed]] = 0.0
+    mask[[0, *competing]] = 0.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     if x[0, 0].numel() <= MAX_WHOLE_VOLUME:
         padded, sizes = _pad_to(x, net.divisor)
@@ -75,8 +79,12 @@ def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed:
             logits = sliding_window_inference(x, (128, 128, 128), 2, net, overlap=0.25, mode="gaussian")
     if progress:
         progress.update(1.0)
-    probs = torch.softmax(logits.float() + mask[None, :, None, None, None], dim=1)
-    return probs[0].cpu().numpy()
+    probs = torch.softmax(logits.float() + mask[None, :, None, None, None], dim=1)[0]
+    left_out = [o for o in competing if o not in allowed]
+    if left_out:
+        probs[0] += probs[left_out].sum(0)
+        probs[left_out] = 0.0
+    return probs.cpu().numpy()
 
 
 def clean_components(labels: np.ndarray, organs: list[int], keep_fraction: float = 0.2) -> np.ndarray:
@@ -208,7 +216,7 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
     t = time.perf_counter()
     prog.begin("coarse", "3D U-Net")
-    probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog)
+    probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog, model.competing)
     del inputs
     coarse = _to_input_grid(coarse_low, low.grid, image)
     release_free_memory()  # the U-Net's activations
@@ -236,13 +244,13 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
 
 def coarse_stage(net, volume: np.ndarray, organs: list[int], device: torch.device,
-                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 progress: Progress | None = None, competing: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The coarse network on its input (inputs.coarse_input): (probabilities, cleaned label map), on its grid.
 
     The probabilities of the specks `clean_components` removed are set to 0, so the attention that follows
     (inference, and the loop's refined training) sees the cleaned map.
     """
-    probs = coarse_probabilities(net.to(device), volume, device, organs, progress)
+    probs = coarse_probabilities(net.to(device), volume, device, organs, progress, competing)
     raw = probs[[0, *organs]].argmax(0)
     coarse_low = clean_components(np.asarray([0, *organs], dtype=np.uint8)[raw], organs)
     for c in organs:
@@ -256,7 +264,8 @@ def coarse_attention(image: sitk.Image, model: Model, organs: list[int], grid: s
     refined grid): what the loop's refined stage trains on besides the perturbed truth."""
     spec = InputSpec.of(model.card)
     low = prepare(image, tuple(model.card["coarse"]["spacing"]), spec.intensity)
-    probs, coarse_low = coarse_stage(model.coarse, coarse_input(low.array, low.grid.GetSpacing()[0], spec), organs, device)
+    probs, coarse_low = coarse_stage(model.coarse, coarse_input(low.array, low.grid.GetSpacing()[0], spec), organs, device,
+                                     competing=model.competing)
     if not coarse_low.any():
         return np.zeros(tuple(reversed(grid.GetSize())), dtype=np.uint8)
     return _probs_to_grid(probs, low.grid, grid, [0, *organs])

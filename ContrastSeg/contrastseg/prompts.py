@@ -83,8 +83,9 @@ def _ellipse(shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarray | None,
-              hint_value: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(attention, voxels excluded by negative points) on the refined grid `grid`, (z, y, x) float32 and bool.
+              hint_value: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(attention, voxels excluded by negative points, the positive points' balls) on the refined grid `grid`,
+    (z, y, x) float32, bool and bool.
 
     Clicks, boxes and strokes are `hint_value` (a network trained for prompts takes them at
     `hints.PROMPT_VALUE`, its card's `refined.prompt_value`), and so is the current segment beside them.
@@ -113,7 +114,7 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
         excluded |= fitted_ball(segment, _index(grid, p, "negative point"), radius, spacing, beside=True)
     excluded = nearer_negative(grid, prompts.positive, prompts.negative, excluded, balls)
     attention[excluded] = 0.0
-    return attention, excluded
+    return attention, excluded, balls
 
 
 def _disc() -> np.ndarray:
@@ -274,7 +275,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         fine = fine if fine is not None else refined_grid(image, model)
         spacing = fine.grid.GetSpacing()
         organ_now = prompt_merge.organ_on_grid(labels == organ, current, fine.grid)
-        hints, excluded = hint_mask(fine.grid, organ, prompts, organ_now, model.card["refined"].get("prompt_value", 1.0))
+        hints, excluded, positive_balls = hint_mask(fine.grid, organ, prompts, organ_now, model.card["refined"].get("prompt_value", 1.0))
         typical_px = typical_area_mm2(organ) / (spacing[0] * spacing[1])
         raw = refine_mask(model.refined.to(device).eval(), fine.array, hints, device, typical_px=typical_px,
                           check=check)
@@ -291,9 +292,22 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
             pred = _components_at(raw & ~excluded, anchors)
             added = pred & ~organ_now
         if prompts.negative:  # the lobes the negative points land in, found before their balls were cut
-            before_balls = _components_at(new, anchors) | organ_now
             clicks = [_index(fine.grid, p, "negative point") for p in prompts.negative]
-            removed, _ = negative_removal(before_balls, clicks, spacing, radius, protected=anchors)
+            removed = np.zeros(organ_now.shape, dtype=bool)
+            # a click on the segment the user sees judges that segment: a false piece there goes whole even when
+            # the positive click's re-prediction grows up to it (IRCAD: the re-grown region joined a false right
+            # kidney piece to the click's, and only the negative ball went); a click on new ground judges the
+            # re-prediction connected to the positive hints
+            on_current = [c for c in clicks if organ_now[tuple(int(v) for v in c)]]
+            on_new = [c for c in clicks if not organ_now[tuple(int(v) for v in c)]]
+            if on_current:
+                removed |= negative_removal(organ_now, on_current, spacing, radius, protected=anchors)[0]
+            if on_new:
+                removed |= negative_removal(_components_at(new, anchors) | organ_now, on_new, spacing, radius,
+                                            protected=anchors)[0]
+            # where a positive ball reaches, the nearer click decides, as for the hints (a positive click beside a
+            # negative one brings back what the negative one took)
+            removed = nearer_negative(fine.grid, prompts.positive, prompts.negative, removed, positive_balls)
             pred &= ~removed
             added &= pred
         # the organ takes other organs' voxels only in the part connected to a point: a box's ellipse or a stroke

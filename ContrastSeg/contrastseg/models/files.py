@@ -56,10 +56,18 @@ class Model:
     folder: Path
     coarse: CoarseUNet | None
     refined: RefinedNet | None
+    trained: list[int] | None = None  # the coarse output channels trained (its weights say), if more than listed
 
     @property
     def organs(self) -> list[int]:
         return list(self.card["organs"])
+
+    @property
+    def competing(self) -> list[int]:
+        """The organs whose channels compete in the coarse softmax: every trained one. A trained organ the card
+        does not list still claims its voxels (they become background) rather than handing them to the
+        next-best listed organ (default v0.3 without its portal vein: the vein's voxels went to the IVC)."""
+        return sorted(set(self.trained or []) | set(self.organs))
 
     def check_covers(self, organs) -> None:
         """Refuse organs the card does not list: every command that takes a model and organs says this."""
@@ -188,7 +196,8 @@ def load_model(path: str | os.PathLike, stages: tuple[str, ...] = ("coarse", "re
     nets = {s: (_load_stage(folder, card, s) if s in stages else None) for s in ("coarse", "refined")}
     if nets["coarse"] is None and "coarse" in stages:
         raise ContrastSegError(f"model {folder} has no coarse network")
-    return Model(card, folder, nets["coarse"], nets["refined"])
+    trained = trained_organs(folder / card["coarse"]["weights"]) if nets["coarse"] is not None else None
+    return Model(card, folder, nets["coarse"], nets["refined"], trained)
 
 
 def save_stage(folder: Path, stage: str, net: torch.nn.Module, half: bool = False, organs: list[int] | None = None) -> str:

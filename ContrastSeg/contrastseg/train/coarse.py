@@ -14,7 +14,7 @@ import torch
 from ..dataset import PreparedCase, entries, prepare_case
 from ..inputs import InputSpec
 from ..errors import ContrastSegError
-from ..models.files import build_coarse, load_model, read_card, save_stage, write_card
+from ..models.files import build_coarse, load_model, read_card, save_stage, trained_organs, write_card
 from ..organs import NUM_CLASSES
 from ..progress import Progress
 from .loop import cosine, train
@@ -148,8 +148,13 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
                     items_per_step=settings.batch, scheduler_fn=cosine(settings.steps, warmup=min(50, settings.steps // 5)))
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    weights = save_stage(model_dir, "coarse", net)
     present = sorted({int(v) for c in [*cases, *replay, *painted] for v in np.unique(c.labels)} - {0})
+    trained = None  # from scratch: the card's organs (write_card records them)
+    if base_card is not None:  # the base's trained channels stay trained (distilled), listed or not
+        base_folder = Path(base_model) if Path(base_model).is_dir() else Path(base_model).parent
+        trained = sorted(set(trained_organs(base_folder / base_card["coarse"]["weights"]) or base_card["organs"])
+                         | set(base_card["organs"]) | {o for r in rows[:n_user] for o in np.nonzero(r)[0].tolist() if o in present})
+    weights = save_stage(model_dir, "coarse", net, organs=trained)
     record = {"settings": asdict(settings), "summary": summary, "device": str(device),
               "wall_seconds": round(time.time() - t0, 1), "data": dataset_provenance(labelled),
               "organs_annotated": sorted({o for r in rows[:n_user] for o in np.nonzero(r)[0].tolist()}),
