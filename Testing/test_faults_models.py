@@ -18,6 +18,7 @@ from contrastseg.checksum import sha256
 from contrastseg.cli import main
 from contrastseg.errors import ContrastSegError
 from contrastseg.models.files import load_model
+from contrastseg.organs import ORGANS
 from contrastseg.paths import default_model
 from realdata import TS, needs_data, needs_default_model
 from tiny_model import build_tiny_model
@@ -75,7 +76,9 @@ def test_cards_record_hashes_and_trained_organs(tmp_path):
     c = card(default_model())
     assert c["coarse"]["sha256"] == sha256(default_model() / "coarse.safetensors")
     assert c["refined"]["sha256"] == sha256(default_model() / "refined.safetensors")
-    assert trained_organs(default_model() / "coarse.safetensors") == c["organs"] and 5 not in c["organs"]
+    trained = trained_organs(default_model() / "coarse.safetensors")  # every channel trained; the card lists
+    assert set(c["organs"]) < set(trained) and 5 not in c["organs"]   # those an unseen CT shows found
+    assert set(c["not_listed"]) == {o.key for o in ORGANS if o.id in set(trained) - set(c["organs"])}
     tiny = build_tiny_model(tmp_path / "tiny")  # write_card fills both in for a freshly trained model
     assert card(tiny)["coarse"]["sha256"] == sha256(tiny / "coarse.safetensors")
     assert trained_organs(tiny / "coarse.safetensors") == list(range(1, 14))

@@ -180,7 +180,9 @@ def test_a_box_or_a_rough_stroke_finds_the_missed_organ(slicer_app, logic, tmp_p
     assert hint_segment(segmentation) is None, f"the '{HINT_SEGMENT}' segment should go once used"
     stroked = dice(after == 2, truth)
     print(f"\nright kidney from nothing: box {boxed:.3f}, rough stroke ({int(stroke.sum())} voxels) {stroked:.3f}")
-    assert boxed > 0.75 and stroked > 0.45  # measured 0.835 and 0.548 (2026-12-01, default model v0.2; v0.1 0.853, 0.575)
+    # measured 0.826 and 0.912 (2026-12-07, default model v0.3, the stroke's attention within a click's radius of it);
+    # v0.2 0.835 and 0.548, and v0.3 with the stroke dilated by 2 pixels only: the stroke 0.087
+    assert boxed > 0.75 and stroked > 0.75
 def test_a_stroke_is_painted_without_overwriting_the_organs_under_it(slicer_app):  # noqa: F811
     from ContrastSegLib.correct import paint_hint_mode
 

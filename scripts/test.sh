@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test,slicer,web]"
-python -m pytest -q --durations=25 Testing "$@"
+python -m pytest -q -n 2 --dist loadfile --durations=25 Testing "$@"

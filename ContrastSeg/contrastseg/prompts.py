@@ -105,7 +105,7 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
         hints |= _ellipse(shape, np.minimum(ia, ib), np.maximum(ia, ib))
     if prompts.scribble is not None:
         stroke = sitk.GetArrayFromImage(resample_like(sitk.Cast(prompts.scribble != 0, sitk.sitkUInt8), grid)) > 0
-        hints |= ndimage.binary_dilation(stroke, iterations=STROKE_DILATION, structure=_disc())
+        hints |= stroke_reach(stroke, spacing, CLICK_FRACTION * TYPICAL_RADIUS_MM[organ])
     if current is not None and prompts.use_current:
         hints |= current
     attention = hints.astype(np.float32) * np.float32(hint_value)
@@ -117,10 +117,20 @@ def hint_mask(grid: sitk.Image, organ: int, prompts: Prompts, current: np.ndarra
     return attention, excluded, balls
 
 
-def _disc() -> np.ndarray:
-    s = np.zeros((1, 3, 3), dtype=bool)
-    s[0] = ndimage.generate_binary_structure(2, 1)
-    return s
+def stroke_reach(stroke: np.ndarray, spacing_xyz, reach_mm: float) -> np.ndarray:
+    """A stroke's attention: every voxel within `reach_mm` of it in its own slice (at least STROKE_DILATION
+    pixels). The refined network answers about where its attention is: a stroke of a few pixels dilated by 2
+    brought back a few pixels of the organ (default v0.3, the small TS CT's right kidney from nothing: Dice 0.09); within
+    a click's radius of the stroke it finds the organ around it, as a click does."""
+    if not stroke.any():
+        return stroke
+    box = bounding_box(stroke, pad=0)
+    pad = [0] + [int(np.ceil(reach_mm / spacing_xyz[i])) + STROKE_DILATION for i in (1, 0)]
+    box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, stroke.shape))
+    dist = ndimage.distance_transform_edt(~stroke[box], sampling=(1e6, spacing_xyz[1], spacing_xyz[0]))
+    out = np.zeros_like(stroke)
+    out[box] = dist <= max(reach_mm, STROKE_DILATION * min(spacing_xyz[0], spacing_xyz[1]))
+    return out
 
 
 @torch.inference_mode()

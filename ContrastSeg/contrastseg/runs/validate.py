@@ -47,7 +47,7 @@ def validate(run_dir: Path, plan: dict, report: Callable[[float, str], None]) ->
     from ..io import read_image, read_labels
     from ..metrics import evaluate
     from ..models.files import load_model
-    from ..organs import BY_KEY
+    from ..organs import BY_ID, BY_KEY
     from .plan import read_state
 
     val = entries(run_dir / "data" / "validation.json", labelled_only=True)
@@ -88,12 +88,18 @@ def validate(run_dir: Path, plan: dict, report: Callable[[float, str], None]) ->
                                          "after": {k: m["dice"] for k, m in scores["organs"].items()},
                                          "trained_on": True}
     if val:
+        # the means compare like with like: the organs both models list (a new model may list organs the base
+        # does not, e.g. the stomach of a correction under a base that leaves it out, and these would pull its
+        # mean down though no organ got worse)
+        common = {BY_ID[o].key for o in set(models["model"].organs) & set(models["base"].organs)}
+        result["compared_organs"] = sorted(common)
         for key in models:
             organ_dice: dict[str, list[float]] = {}
             for per in result["per_entry"].values():
                 for organ, m in per[key]["organs"].items():
                     organ_dice.setdefault(organ, []).append(m["dice"])
-            result[key] = {"mean_dice": _mean([p[key]["mean_dice"] for p in result["per_entry"].values() if p[key]["mean_dice"] is not None]),
+            means = [_mean([m["dice"] for k, m in p[key]["organs"].items() if k in common]) for p in result["per_entry"].values()]
+            result[key] = {"mean_dice": _mean([v for v in means if v is not None]),
                            "organs": {k: _mean(v) for k, v in organ_dice.items()}}
         if result["model"]["mean_dice"] is not None and result["base"]["mean_dice"] is not None:
             result["delta_mean_dice"] = round(result["model"]["mean_dice"] - result["base"]["mean_dice"], 4)
@@ -150,8 +156,8 @@ def register_model(run_dir: Path, plan: dict, state: dict) -> str:
         "stages": request.get("stages"),
         "run": {"path": str(run_dir), "settings": request, "steps": [s.get("argv", s["kind"]) for s in plan["steps"]]},
         "data_snapshot": plan["data"],
-        "validation": {k: val.get(k) for k in ("entries", "model", "base", "delta_mean_dice", "note", "held_out",
-                                               "corrected") if k in val},
+        "validation": {k: val.get(k) for k in ("entries", "model", "base", "delta_mean_dice", "compared_organs", "note",
+                                               "held_out", "corrected") if k in val},
     })
     write_card(model_dir, card)
     store.register(model_dir, name)
