@@ -206,7 +206,9 @@ def test_finetuning_the_default_model_continues_from_it(tmp_path):
     ds = tmp_path / "ds"
     add_entry(ds, TS / "example_ct.nii.gz", TS / "example_seg_fast_force_split.nii.gz", id_map="totalsegmentator", case="train")
     add_entry(ds, CT, SEG, id_map="totalsegmentator", case="held-out", validation=True)
-    run_dir, plan = make_plan(RunRequest(ds, steps=6, coarse_steps=6, batch=2, device="cpu", threads=2, name="ft-default"))
+    # the refined network's batch is the loop's default (16): 6 steps at batch 2 moved its BatchNorm statistics
+    # far enough to cost default v0.3 0.10 mean Dice on the held-out CT (0.900 -> 0.804; batch 16: 0.889)
+    run_dir, plan = make_plan(RunRequest(ds, steps=6, coarse_steps=6, batch=16, device="cpu", threads=2, name="ft-default"))
     assert [d["id"] for d in plan["data"]["validation"]] == ["held-out-v1"]
     base_card = json.loads((default_model() / "card.json").read_text())
     prompts = base_card["training"]["refined"]["settings"].get("prompts") or 0

@@ -135,7 +135,7 @@ def click_table(path: Path) -> dict:
     out: dict = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 7 or cells[0] in ("CT", "---"):
+        if len(cells) != 7 or cells[0] in ("CT", "---") or cells[1].isdigit():  # a digit: the per-CT summary's count
             continue
         try:
             dice = [float(c) for c in cells[2:6]]
