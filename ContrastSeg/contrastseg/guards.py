@@ -68,7 +68,7 @@ def _real(path: str | os.PathLike) -> Path:
 def kept_folder(path: str | os.PathLike) -> tuple[str, Path] | None:
     """(what it is, the folder) if `path` (resolved) lies in a folder ContrastSeg keeps, else None."""
     real = _real(path)
-    from .store import home
+    from .paths import home
 
     root = _real(home())
     for name, kind in HOME_FOLDERS:

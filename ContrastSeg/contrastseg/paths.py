@@ -29,3 +29,9 @@ def default_model() -> Path:
 
 def sample_ct() -> Path:
     return resources() / "SampleData" / "contrastseg-sample-ct.nii.gz"
+
+
+def home() -> Path:
+    """$CONTRASTSEG_HOME (default ~/.contrastseg): the store, runs, dataset and caches. Here, not in store.py,
+    so the path guards can ask for it without importing the store (which imports them)."""
+    return Path(os.environ.get("CONTRASTSEG_HOME", Path.home() / ".contrastseg"))

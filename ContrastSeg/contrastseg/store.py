@@ -25,12 +25,9 @@ from pathlib import Path
 
 from .errors import ContrastSegError
 from .paths import default_model as bundled_model
+from .paths import home  # noqa: F401 - store.home() is where models, runs and the dataset live
 
 BUNDLED = "default"
-
-
-def home() -> Path:
-    return Path(os.environ.get("CONTRASTSEG_HOME", Path.home() / ".contrastseg"))
 
 
 def models_root() -> Path:
