@@ -1,7 +1,7 @@
 """The web app's gate without a server or a browser: binding and token rules, path confinement, upload and zip
 checks, the HTTP gate's decisions, and the CLI refusing an open address without a token.
 
-contrastseg.web.guard and .auth are plain Python (no trame, no Slicer), so these run in every environment.
+contrastseg_web.guard and .auth are plain Python (no trame, no Slicer), so these run in every environment.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from contrastseg.errors import ContrastSegError
-from contrastseg.web import auth, guard
+from contrastseg_web import auth, guard
 from realdata import DATA, IRCAD, TS, needs_data
 
 TOKEN = "correct-horse-battery-staple"

@@ -51,7 +51,7 @@ def slicer_app():
 
 @pytest.fixture
 def session(slicer_app, tmp_path, monkeypatch):
-    from contrastseg.web.session import WebSession
+    from contrastseg_web.session import WebSession
 
     monkeypatch.setenv("CONTRASTSEG_HOME", str(tmp_path / "home"))
     data = tmp_path / "data"
@@ -192,7 +192,7 @@ def test_selecting_an_organ_centres_the_slice_views_on_it(segmented):
 
 
 def test_clear_undo_redo_and_the_downloaded_label_map(segmented):
-    from contrastseg.web.edits import Corrector
+    from contrastseg_web.edits import Corrector
 
     session, labels = segmented
     corrector = Corrector(session)
@@ -214,7 +214,7 @@ def test_clear_undo_redo_and_the_downloaded_label_map(segmented):
 
 def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_it_away(segmented):
     """The real engine (default model, 2 threads): the same prompted refinement as Slicer's Correct section."""
-    from contrastseg.web.edits import Corrector
+    from contrastseg_web.edits import Corrector
 
     session, labels = segmented
     corrector = Corrector(session)
@@ -234,7 +234,7 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
 
 
 def test_add_to_dataset_records_the_corrected_organs_model_and_source(segmented):
-    from contrastseg.web.edits import Corrector
+    from contrastseg_web.edits import Corrector
 
     session, labels = segmented
     Corrector(session).clear("right_kidney")
@@ -250,7 +250,7 @@ def test_add_to_dataset_records_the_corrected_organs_model_and_source(segmented)
 
 
 def test_handlers_refuse_with_a_sentence_before_a_ct_or_a_segmentation_exists(session):
-    from contrastseg.web.training import Training
+    from contrastseg_web.training import Training
 
     for call, pattern in ((session.start_segment, "load a CT first"), (session.label_file, "segment the CT first"),
                           (session.add_to_dataset, "segment the CT first"), (lambda: session.select("liver"), "segment")):
@@ -261,7 +261,7 @@ def test_handlers_refuse_with_a_sentence_before_a_ct_or_a_segmentation_exists(se
 
 
 def test_loss_curve_points_fit_the_box():
-    from contrastseg.web.training import loss_polylines, loss_svg
+    from contrastseg_web.training import loss_polylines, loss_svg
 
     curves = loss_polylines({"coarse": [(0, 2.0), (10, 1.0)], "refined": [(0, 1.5), (20, 0.5)]}, 300, 120)
     xs = [float(p.split(",")[0]) for c in curves for p in c["points"].split()]

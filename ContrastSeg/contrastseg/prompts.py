@@ -12,7 +12,8 @@ Hints live on the refined grid (the CT in canonical RAS order, 1.5 mm in-plane, 
 - the organ's current segment: the starting attention; a positive hint adds the part of the re-prediction
   that is new and connected to it, and takes it from whichever organ holds it (`prompt_merge`).
 Slices without a hint get attention by propagation: the prediction on the neighbouring slice, dilated 3
-pixels, slice after slice in both directions until the prediction is empty.
+pixels, slice after slice in both directions until the prediction is empty. The network runs only on the
+slices the click's change can reach (`prompt_slices`).
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from scipy import ndimage
 from . import prompt_merge
 from .clicks import MIN_BALL_MM, ball, bounding_box, fitted_ball, negative_removal, nearer_negative
 from .errors import ContrastSegError
-from .infer import _pad_to
 from .models.files import Model
 from .organs import BY_ID
 from .preprocess import inplane_spacing, intensity_of, prepare, resample_like
+from .prompt_slices import components_at, refine_mask
 
-from .hints import (CLICK_FRACTION, LEAK_SLACK, LEAK_WIDENING, MAX_AREA, NARROWED, POSITIVE_CLICK_FRACTION,
-                    PROPAGATION_DILATION, STROKE_DILATION, TYPICAL_RADIUS_MM, ellipse_in_box, typical_area_mm2)
+from .hints import (CLICK_FRACTION, POSITIVE_CLICK_FRACTION, STROKE_DILATION, TYPICAL_RADIUS_MM, ellipse_in_box,
+                    typical_area_mm2)
 
-MARGIN = 16  # pixels around the attention box, as at inference
 __all__ = ["MIN_BALL_MM", "Prompts", "hint_mask", "refine_mask", "refine_organ", "refined_grid", "ball"]
 
 
@@ -133,70 +133,6 @@ def stroke_reach(stroke: np.ndarray, spacing_xyz, reach_mm: float) -> np.ndarray
     return out
 
 
-@torch.inference_mode()
-def _predict(net, image: np.ndarray, att: np.ndarray, device: torch.device) -> np.ndarray:
-    """The refined network on image slices (n, y, x) with their attention (n, y, x); foreground (n, y, x)."""
-    out = np.zeros(image.shape, dtype=bool)
-    if not att.any():
-        return out
-    ys, xs = np.nonzero(att.any(axis=0))
-    y0, y1 = max(0, ys.min() - MARGIN), min(image.shape[1], ys.max() + 1 + MARGIN)
-    x0, x1 = max(0, xs.min() - MARGIN), min(image.shape[2], xs.max() + 1 + MARGIN)
-    x = np.stack([image[:, y0:y1, x0:x1], att[:, y0:y1, x0:x1].astype(np.float32)], axis=1)
-    xt, sizes = _pad_to(torch.from_numpy(x).to(device), net.divisor)
-    logits = net(xt)[..., : sizes[0], : sizes[1]]
-    out[:, y0:y1, x0:x1] = (logits[:, 1] > logits[:, 0]).cpu().numpy()
-    return out
-
-
-def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.device, batch: int = 16,
-                typical_px: float | None = None, check=None) -> np.ndarray:
-    """The organ on the refined grid: the network on every slice with attention, then propagation to the others
-    (the neighbour's prediction, dilated, as a mask of value 1; the new slice's organ stays inside it).
-
-    (Propagating through the current segment's slices too, with the segment beside the neighbour's prediction
-    as attention, was tried for issue 23 and left out: on IRCAD one click in the right kidney took 228 000 liver
-    voxels, the prediction growing a few pixels per slice into the liver beside the segment.)
-
-    `typical_px`: the organ's typical cross-section in pixels; with it, propagation also stops at a slice the
-    organ cannot be (hints.LEAK_WIDENING, MAX_AREA), which is left out. `check()` is called between network
-    calls (the worker's cancel raises there)."""
-    pred = np.zeros(image.shape, dtype=bool)
-    hinted = [int(z) for z in np.nonzero(attention.any(axis=(1, 2)))[0]]
-    for start in range(0, len(hinted), batch):
-        if check is not None:
-            check()
-        zs = hinted[start:start + batch]
-        pred[zs] = _predict(net, image[zs], attention[zs], device)
-    if not hinted:
-        return pred
-    done = set(hinted)
-    widest = int(pred[hinted].sum(axis=(1, 2)).max())
-    for step in (1, -1):  # outward from the hinted slices, in both directions, until the organ ends
-        z = (max(hinted) if step == 1 else min(hinted)) + step
-        narrowest = None
-        while 0 <= z < image.shape[0] and z not in done:
-            if check is not None:
-                check()
-            seed = ndimage.binary_dilation(pred[z - step], iterations=PROPAGATION_DILATION)
-            if not seed.any():
-                break
-            # within the seed: an organ's outline moves a few pixels from slice to slice; unclamped, one
-            # slice of another tissue let the prediction run on through the volume (a kidney grew 5x)
-            pred[z] = _predict(net, image[z:z + 1], seed[None].astype(np.float32), device)[0] & seed
-            area = int(pred[z].sum())
-            if not area:
-                break
-            if typical_px is not None:
-                narrowed = narrowest is not None and narrowest < NARROWED * widest
-                if (narrowed and area > LEAK_WIDENING * narrowest + LEAK_SLACK * typical_px) or area > MAX_AREA * typical_px:
-                    pred[z] = False  # not this organ any more: the propagation leaked
-                    break
-                narrowest = area if narrowest is None else min(narrowest, area)
-            z += step
-    return pred
-
-
 def _anchors(grid: sitk.Image, prompts: Prompts) -> np.ndarray:
     """The voxels (z, y, x) of `grid` the positive hints mark: each point, each box's inscribed ellipses, a
     stroke. A box says "the organ is in here", so all of it counts: with its centre only, a box drawn around a
@@ -224,21 +160,6 @@ def _point_anchors(grid: sitk.Image, prompts: Prompts) -> np.ndarray:
     out = np.zeros(tuple(reversed(grid.GetSize())), dtype=bool)
     for p in prompts.positive:
         out[tuple(_index(grid, p, "positive point"))] = True
-    return out
-
-
-def _components_at(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """The connected components of `mask` that hold an anchor voxel (or touch one: a dilated anchor), found
-    within `mask`'s bounding box."""
-    box = bounding_box(mask, pad=3)
-    out = np.zeros(mask.shape, dtype=bool)
-    if box is None:
-        return out
-    cc, n = ndimage.label(mask[box])
-    near = ndimage.binary_dilation(anchors[box], iterations=2)
-    keep = np.unique(cc[near & (cc > 0)])
-    if len(keep):
-        out[box] = np.isin(cc, keep)
     return out
 
 
@@ -287,19 +208,19 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         organ_now = prompt_merge.organ_on_grid(labels == organ, current, fine.grid)
         hints, excluded, positive_balls = hint_mask(fine.grid, organ, prompts, organ_now, model.card["refined"].get("prompt_value", 1.0))
         typical_px = typical_area_mm2(organ) / (spacing[0] * spacing[1])
+        anchors = _anchors(fine.grid, prompts)  # once: a stroke is resampled onto the grid for it
         raw = refine_mask(model.refined.to(device).eval(), fine.array, hints, device, typical_px=typical_px,
-                          check=check)
+                          check=check, anchors=anchors, kept=organ_now if prompts.use_current else None)
         # a positive hint adds the organ where it points: of the re-prediction, the part that is new (outside
         # the current segment) and connected to a hint. The rest is not taken: a click elsewhere must not
         # redraw parts of the organ it did not point at (IRCAD, one click in a missed part of the left kidney:
         # +54 000 right voxels and +8 600 wrong ones when the whole re-prediction was taken, +50 000 and +1 000)
-        anchors = _anchors(fine.grid, prompts)  # once: a stroke is resampled onto the grid for it
         new = raw & ~organ_now
         if prompts.use_current:
-            added = _components_at(new & ~excluded, anchors)
+            added = components_at(new & ~excluded, anchors)
             pred = added | (organ_now & ~excluded)
         else:  # the organ from the hints alone: all of the re-prediction connected to them
-            pred = _components_at(raw & ~excluded, anchors)
+            pred = components_at(raw & ~excluded, anchors)
             added = pred & ~organ_now
         if prompts.negative:  # the lobes the negative points land in, found before their balls were cut
             clicks = [_index(fine.grid, p, "negative point") for p in prompts.negative]
@@ -313,7 +234,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
             if on_current:
                 removed |= negative_removal(organ_now, on_current, spacing, radius, protected=anchors)[0]
             if on_new:
-                removed |= negative_removal(_components_at(new, anchors) | organ_now, on_new, spacing, radius,
+                removed |= negative_removal(components_at(new, anchors) | organ_now, on_new, spacing, radius,
                                             protected=anchors)[0]
             # where a positive ball reaches, the nearer click decides, as for the hints (a positive click beside a
             # negative one brings back what the negative one took)
@@ -323,7 +244,7 @@ def refine_organ(image: sitk.Image, current: sitk.Image, model: Model, organ: in
         # the organ takes other organs' voxels only in the part connected to a point: a box's ellipse or a stroke
         # marks a region, and the re-prediction inside it reaches into the neighbours (TS kidney from a box: Dice
         # 0.835 taking background only, 0.448 taking every organ's voxels it reached; from a stroke 0.548, 0.444)
-        grabbing = _components_at(added, _point_anchors(fine.grid, prompts)) if prompts.positive else added & False
+        grabbing = components_at(added, _point_anchors(fine.grid, prompts)) if prompts.positive else added & False
         change = prompt_merge.change_map(pred, organ_now, grabbing, excluded)
         box = bounding_box(change > 0)
         box = prompt_merge.mapped_box(box, fine.grid, current) if box is not None else None

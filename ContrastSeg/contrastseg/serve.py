@@ -209,10 +209,9 @@ class Worker:
         return {"ct": req["ct"], "output": output, "organs": result.organs, "timings": timings}
 
     def op_refine(self, req: dict, progress: RequestProgress) -> dict:
-        import numpy as np
         import SimpleITK as sitk
 
-        from .io import read_labels, write_labels
+        from .io import label_values, read_labels, write_labels
         from .organs import BY_ID
         from .prompts import Prompts, ras_to_lps, refine_organ, refined_grid
 
@@ -243,7 +242,7 @@ class Worker:
         progress.check()  # cancelled meanwhile: neither the result nor a file
         s.labels = labels
         if req["output"]:
-            write_labels(labels, req["output"], [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v])
+            write_labels(labels, req["output"], [v for v in label_values(sitk.GetArrayViewFromImage(labels)) if v])
         change["seconds"] = round(time.perf_counter() - t0, 3)
         return {"ct": req["ct"], "output": req["output"], "change": change}
 

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ids(labels) -> list[int]:
-    import numpy as np
     import SimpleITK as sitk
 
-    return [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v]
+    from ..io import label_values
+
+    return [v for v in label_values(sitk.GetArrayViewFromImage(labels)) if v]

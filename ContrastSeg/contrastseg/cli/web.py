@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..web import guard
+    from contrastseg_web import guard
 
     token = guard.resolve_token(args.token)
     guard.check_bind(args.host, token)  # before anything heavy is imported
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if limit <= 0:
         raise ContrastSegError("--max-upload-mb must be above 0")
     try:
-        from ..web.app import ContrastSegWebApp
+        from contrastseg_web.app import ContrastSegWebApp
     except ImportError as err:
         raise ContrastSegError(f"the web app needs the [web] extra ({err}); install it with: "
                                "pip install \"contrastseg[web]\"") from None

@@ -9,12 +9,12 @@ per-organ agreement.
 
 from __future__ import annotations
 
-from ..errors import ContrastSegError
+from contrastseg.errors import ContrastSegError
 
 
 def models() -> list[dict]:
     """The model store's models (name, default or not), for the model list and the compare choices."""
-    from ..store import default_name, list_models
+    from contrastseg.store import default_name, list_models
 
     default = default_name()
     return [{"name": m["name"], "default": m["name"] == default} for m in list_models()]

@@ -25,7 +25,7 @@ import stat
 import zipfile
 from pathlib import Path
 
-from ..errors import ContrastSegError
+from contrastseg.errors import ContrastSegError
 
 TOKEN_ENV = "CONTRASTSEG_WEB_TOKEN"
 MIN_TOKEN_CHARS = 12

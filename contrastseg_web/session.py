@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import ContrastSegError
+from contrastseg.errors import ContrastSegError
 from . import guard, mrml
 
 
@@ -56,7 +56,7 @@ class WebSession:
         return guard.list_data_files(self.data_dir)
 
     def load_sample(self) -> str:
-        from ..paths import sample_ct
+        from contrastseg.paths import sample_ct
 
         return self._load(sample_ct(), "sample CT", "the sample CT")
 
@@ -96,7 +96,7 @@ class WebSession:
         the page knows (the upload's name, the name under --data-dir), not a path on the server."""
         import SimpleITK as sitk
 
-        from ..io import read_ct
+        from contrastseg.io import read_ct
 
         if self.run is not None and not self.run.finished:
             raise ContrastSegError("a segmentation is running; cancel it before loading another CT")
@@ -203,7 +203,7 @@ class WebSession:
     def rows(self, keys: list[str] | None = None) -> list[dict]:
         """The segments as the page lists them: BTCV name, colour, SNOMED CT code, voxel count, visibility
         (only those of `keys`, if given: a count walks the whole CT)."""
-        from ..organs import BY_ID
+        from contrastseg.organs import BY_ID
 
         node = self.segmentation or (self.run.coarse_node if self.run is not None else None)
         if node is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from undo_stack import UndoCommand
 
-from ..errors import ContrastSegError
+from contrastseg.errors import ContrastSegError
 
 
 def box_from_drag(a, b) -> list[float]:

@@ -19,7 +19,7 @@ from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffectPaint
 
-from ..errors import ContrastSegError
+from contrastseg.errors import ContrastSegError
 from . import auth, guard, ui
 from .edits import Corrector, is_negative
 from .effects import BOX, POINT, PromptEffect, fix_pipeline_views
