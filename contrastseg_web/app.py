@@ -29,6 +29,11 @@ from .training import Training, loss_svg, models
 TOOLS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase}
 
 
+# the slice views render and send their images (throttled, on the event loop) before the 3D surfaces hold the
+# loop for about 2 s (IRCAD's six organs); with 0.05 s, three of five clicks showed only after the surfaces
+SETTLE_S = 0.5
+
+
 def reported(method):
     """Run a handler; a failure becomes a sentence in the page (cs_error) and the app keeps working."""
 
@@ -169,7 +174,7 @@ class ContrastSegWebApp(TrameApp):
                 self.state.cs_error = run.error[:1].upper() + run.error[1:]
         self._undo_changed()
         if self.session.segmentation is not None and self.state.cs_show3d:
-            await asyncio.sleep(0.05)  # the organs are listed and in the slice views first; surfaces follow
+            await asyncio.sleep(SETTLE_S)  # the organs are listed and in the slice views first; surfaces follow
             t = time.monotonic()
             self.session.show_3d(True)
             with self.state:
@@ -246,10 +251,13 @@ class ContrastSegWebApp(TrameApp):
         with self.state:
             self.state.cs_edit_status = change_message(name, change) + f" (shown after {time.monotonic() - t:.1f} s)"
         self._undo_changed()
+        await asyncio.sleep(SETTLE_S)  # the slice views show the change first; the 3D surfaces follow
+        self.corrector.settle()
 
     @reported
     def clear_organ(self):
         removed = self.corrector.clear(self.state.cs_organ)
+        self.corrector.settle()
         self._refresh_rows([self.state.cs_organ])
         self.state.cs_edit_status = f"Cleared ({removed} voxels). Click where the organ is to segment it again."
 

@@ -63,6 +63,7 @@ def page_segment(page) -> tuple[float, float]:
     """(seconds from the click on Segment until the page says Done, the engine's own seconds for it)."""
     t = time.perf_counter()
     page.click("#segment-button")
+    wait_text(page, "#segment-status", "!t.startsWith('Done')", 60)  # started: the last run's Done is gone
     status = wait_text(page, "#segment-status", "t.startsWith('Done') || t.startsWith('Failed')", 3600)
     elapsed = time.perf_counter() - t
     if not status.startswith("Done"):
