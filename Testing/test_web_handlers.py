@@ -227,8 +227,11 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
     back = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation, "right_kidney", session.volume) > 0
     dice = 2 * (back & kidney).sum() / (back.sum() + kidney.sum())
     assert change["added"] == int(back.sum()) > 0 and dice > 0.6, (change, dice)
+    # the page lists the worker's count for the clicked organ without counting it again: it is the node's
+    assert change["voxels_after"] == session.rows(["right_kidney"])[0]["voxels"] == int(back.sum())
     liver = session.rows(["liver"])[0]["voxels"]  # other organs can only lose what the kidney took from them
     assert int((labels == 6).sum()) - change["added"] <= liver <= int((labels == 6).sum())
+    assert liver == int((labels == 6).sum()) - change.get("taken", {}).get("liver", 0)
     assert session.undo() and session.rows(["right_kidney"])[0]["voxels"] == 0
     assert session.redo() and session.rows(["right_kidney"])[0]["voxels"] == int(back.sum())
 

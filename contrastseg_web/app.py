@@ -200,12 +200,13 @@ class ContrastSegWebApp(TrameApp):
         if self.session.segmentation is not None and not self.state.cs_running:
             self.session.show_3d(bool(cs_show3d))
 
-    def _refresh_rows(self, keys=None) -> None:
-        """The organ list after an edit: only the rows of `keys` are counted again (a count walks the CT)."""
+    def _refresh_rows(self, keys=None, known=None) -> None:
+        """The organ list after an edit: only the rows of `keys` are counted again (a count walks the CT), and
+        not those whose count is `known`."""
         if keys is None:
             rows = self.session.rows()
         else:
-            fresh = {r["key"]: r for r in self.session.rows(keys)}
+            fresh = {r["key"]: r for r in self.session.rows(keys, known)}
             rows = [fresh.get(r["key"], r) for r in self.state.cs_rows]
         with self.state:
             self.state.cs_rows = rows
@@ -247,7 +248,8 @@ class ContrastSegWebApp(TrameApp):
         change = self.corrector.click(key, kw["ras"], kw["negative"]) if kind == "click" else self.corrector.box(key, kw["ras_a"], kw["ras_b"])
         from ContrastSegLib.correct import change_message
 
-        self._refresh_rows([key])
+        # the organ's count is the worker's; the organs it took voxels from are counted again
+        self._refresh_rows([key, *(change.get("taken") or {})], known={key: change["voxels_after"]})
         with self.state:
             self.state.cs_edit_status = change_message(name, change) + f" (shown after {time.monotonic() - t:.1f} s)"
         self._undo_changed()

@@ -203,9 +203,11 @@ class WebSession:
             self.editor.set_surface_representation_enabled(bool(on))
 
     # ------------------------------------------------------------------------------------------ organs
-    def rows(self, keys: list[str] | None = None) -> list[dict]:
+    def rows(self, keys: list[str] | None = None, known: dict[str, int] | None = None) -> list[dict]:
         """The segments as the page lists them: BTCV name, colour, SNOMED CT code, voxel count, visibility
-        (only those of `keys`, if given: a count walks the whole CT)."""
+        (only those of `keys`, if given: a count walks the whole CT; `known` gives counts already at hand, such
+        as a click's `voxels_after`)."""
+        known = known or {}
         from contrastseg.organs import BY_ID
 
         node = self.segmentation or (self.run.coarse_node if self.run is not None else None)
@@ -215,7 +217,7 @@ class WebSession:
 
         segmentation, display = node.GetSegmentation(), node.GetDisplayNode()
         counts = None
-        if keys is None or len(keys) > 2:  # one export and a bincount, not one pass over the CT per organ
+        if keys is None or len(set(keys) - set(known)) > 2:  # one export and a bincount, not a pass per organ
             import numpy as np
 
             counts = np.bincount(self.nodes.labelmap_array(node, self.volume).ravel(), minlength=max(BY_ID) + 1)
@@ -226,7 +228,9 @@ class WebSession:
                 continue
             oid = self.nodes.organ_id(segment)
             organ = BY_ID.get(oid)
-            if counts is not None and oid is not None:
+            if key in known:
+                voxels = int(known[key])
+            elif counts is not None and oid is not None:
                 voxels = int(counts[oid])
             else:
                 voxels = int((slicer.util.arrayFromSegmentBinaryLabelmap(node, key, self.volume) > 0).sum())
