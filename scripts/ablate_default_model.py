@@ -17,7 +17,9 @@ Scored coarse-only (`scripts/evaluate_default_model.py --coarse-only`) over the 
 case's truth has them: Dice and the share of each organ's true voxels named as another organ. Resumable: a
 finished run or score is not redone. Results: work/ablation/results.json (and docs/ablation.json with --publish).
 
-    python scripts/ablate_default_model.py --start-from work/v02 [--steps 250] [--runs recipe,no-lateral]
+    mkdir -p work/v02 && git archive 5101c7b^ Resources/Models/default | tar -x -C work/v02   # v0.2: every run starts there
+    python scripts/ablate_default_model.py --start-from work/v02/Resources/Models/default --steps 300 \
+        [--seed 1] [--work work/ablation-s1] [--runs recipe,no-lateral] [--device cuda]
     python scripts/ablate_default_model.py --report
 """
 
@@ -51,7 +53,7 @@ def run(name: str, args) -> dict:
         subprocess.run([sys.executable, str(REPO / "scripts" / "train_default_model.py"), "--work", str(work),
                         "--start-from", str(args.start_from), "--holdout", "ts-s0009", "--coarse-only",
                         "--coarse-steps", str(args.steps), "--seed", str(args.seed), "--threads", str(args.threads),
-                        *RUNS[name]], check=True)
+                        "--device", args.device, *RUNS[name]], check=True)
         (work / "train_seconds.txt").write_text(f"{time.time() - t:.0f}\n")
     scores = work / "eval"
     if not all((scores / f"{c}.json").exists() for c in CASES):
@@ -90,11 +92,12 @@ def report(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--start-from", type=Path, default=REPO / "work" / "v02")
+    ap.add_argument("--start-from", type=Path, default=None, help="default model v0.2's folder (needed to train)")
     ap.add_argument("--work", type=Path, default=REPO / "work" / "ablation")
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on a GPU, as train_default_model.py)")
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--report", action="store_true", help="only print the table of what is done")
     ap.add_argument("--publish", action="store_true", help="also write docs/ablation.json")
@@ -102,12 +105,14 @@ def main() -> None:
     path = args.work / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if not args.report:
+        if args.start_from is None or not (args.start_from / "card.json").exists():
+            sys.exit("give --start-from: the folder of default model v0.2 (see the docstring for how to get it)")
         args.work.mkdir(parents=True, exist_ok=True)
         for name in args.runs.split(","):
             if name not in RUNS:
                 sys.exit(f"unknown run '{name}' (one of {', '.join(RUNS)})")
             results[name] = run(name, args)
-            results["_settings"] = {"steps": args.steps, "seed": args.seed, "threads": args.threads,
+            results["_settings"] = {"steps": args.steps, "seed": args.seed, "threads": args.threads, "device": args.device,
                                     "start_from": "default model v0.2", "holdout": "ts-s0009", "cases": CASES}
             path.write_text(json.dumps(results, indent=1) + "\n")
             print(report(results), flush=True)
