@@ -10,6 +10,7 @@ on the same MRML scene code and the same Logic classes, served as a web page:
 - `ui`, `app`: the page and its bindings (tested in headless Chromium).
 
 A package beside the engine, not inside it: the engine never imports Slicer, and this package does (`effects`,
-`app`); `contrastseg web` imports it only when it starts. Importing this package imports neither trame nor Slicer; `app` and the handlers need the `[web]` extra.
+`app`); `contrastseg web` imports it only when it starts. Importing this package imports neither trame nor
+Slicer; `app` and the handlers need the `[web]` extra.
 docs/web.md is the user's and operator's guide.
 """

@@ -84,10 +84,12 @@ class _Slices:
         if self.check is not None:
             self.check()
 
-    def compute(self, lo: int, hi: int) -> None:
-        """Fill slices lo..hi (inclusive); what lies beyond the hinted slices needs the slices between."""
+    def compute(self, lo: int, hi: int) -> tuple[int, int]:
+        """Fill slices lo..hi (inclusive) and return the range now known: what lies beyond the hinted slices
+        needs the slices between, so the range reaches the hinted slices' ends (slices between hinted ones
+        without attention, and those past where propagation stopped, are empty)."""
         if not len(self.hinted):
-            return
+            return lo, hi
         top, bottom = int(self.hinted.max()), int(self.hinted.min())
         lo, hi = min(lo, top), max(hi, bottom)  # propagation starts at the hinted slices' ends
         todo = [int(z) for z in self.hinted if lo <= z <= hi and not self.done[z]]
@@ -105,6 +107,7 @@ class _Slices:
             while not front[2] and (front[0] <= end if step == 1 else front[0] >= end) \
                     and 0 <= front[0] < self.image.shape[0]:
                 self._propagate(front, step)
+        return lo, hi
 
     def _propagate(self, front, step) -> None:
         z = front[0]
@@ -156,8 +159,7 @@ def refine_mask(net, image: np.ndarray, attention: np.ndarray, device: torch.dev
     zs = np.nonzero(anchors.any(axis=(1, 2)))[0]
     lo, hi = max(0, int(zs.min()) - REACH), min(n - 1, int(zs.max()) + REACH)
     while True:
-        slices.compute(lo, hi)
-        lo, hi = min(lo, int(np.argmax(slices.done))), max(hi, n - 1 - int(np.argmax(slices.done[::-1])))
+        lo, hi = slices.compute(lo, hi)
         used = slices.pred[lo:hi + 1] if kept is None else slices.pred[lo:hi + 1] & ~kept[lo:hi + 1]
         part = components_at(used, anchors[lo:hi + 1])
         grow_lo, grow_hi = lo > 0 and part[0].any(), hi < n - 1 and part[-1].any()
