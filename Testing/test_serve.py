@@ -55,6 +55,33 @@ def test_open_segment_refine_close(client, tmp_path):
     kept = (first != 2) & (first != 0)
     assert np.array_equal(after[kept], first[kept]) and (after == 2).sum() > 0  # only the kidney changed
     assert fixed["change"]["organ"] == "right_kidney"
+    # the kidney missed: the click brings it back; with output_box only the box that changed comes back, in
+    # its place on the CT's grid
+    missed = sitk.GetImageFromArray(np.where(first == 2, 0, first).astype(np.uint8))
+    missed.CopyInformation(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
+    sitk.WriteImage(missed, str(tmp_path / "missed.nii"))
+    answers, outputs = [], {}
+    for name, boxed in (("whole.nii", False), ("box.nii", True)):
+        answers.append(client.request("refine", ct=opened["ct"], organ="right_kidney", points_ras=[_kidney_point_ras()],
+                                      labels=str(tmp_path / "missed.nii"), output=str(tmp_path / name), output_box=boxed))
+        assert answers[-1]["ok"], answers[-1]
+        outputs[name] = sitk.ReadImage(str(tmp_path / name))
+    change = answers[1]["change"]
+    assert change["added"] > 1000 and {**change, "seconds": 0} == {**answers[0]["change"], "seconds": 0}
+    whole = sitk.GetArrayFromImage(outputs["whole.nii"])
+    box = tuple(slice(a, b) for a, b in change["box"])
+    crop = outputs["box.nii"]
+    assert 0 < crop.GetNumberOfPixels() < whole.size
+    assert np.array_equal(sitk.GetArrayFromImage(crop), whole[box])
+    assert np.allclose(crop.GetOrigin(), read_image(CT).TransformIndexToPhysicalPoint([s.start for s in box][::-1]))
+    outside = np.ones(whole.shape, bool)
+    outside[box] = False
+    assert np.array_equal(whole[outside], sitk.GetArrayFromImage(missed)[outside])  # nothing changed outside it
+    # a click that changes nothing writes nothing
+    again = client.request("refine", ct=opened["ct"], organ="right_kidney", points_ras=[_kidney_point_ras()],
+                           output=str(tmp_path / "none.nii"), output_box=True)
+    assert again["ok"] and again["change"]["added"] == again["change"]["removed"] == 0, again
+    assert again["output"] is None and not (tmp_path / "none.nii").exists()
     assert client.request("close", ct=opened["ct"])["ok"]
     gone = client.request("segment", ct=opened["ct"])
     assert not gone["ok"] and "no open CT" in gone["error"]

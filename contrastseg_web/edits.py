@@ -104,6 +104,8 @@ class Corrector:
         import numpy as np
         import slicer
 
+        from ContrastSegLib.layers import share
+
         node = self._segmentation_node(key)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, key, self.session.volume)
         removed = int((mask > 0).sum()) if mask is not None else 0
@@ -111,6 +113,7 @@ class Corrector:
             with self._undoable(node):
                 slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros_like(mask, dtype=np.uint8), node, key,
                                                                  self.session.volume)
+                share(node)  # the emptied organ back in the others' layer: the next click writes there directly
         return removed
 
     def settle(self) -> None:

@@ -217,10 +217,11 @@ class WebSession:
 
         segmentation, display = node.GetSegmentation(), node.GetDisplayNode()
         counts = None
-        if keys is None or len(set(keys) - set(known)) > 2:  # one export and a bincount, not a pass per organ
+        if keys is None or set(keys) - set(known):  # one label map for all (read from the organs' layer: 0.1 s)
             import numpy as np
 
-            counts = np.bincount(self.nodes.labelmap_array(node, self.volume).ravel(), minlength=max(BY_ID) + 1)
+            labels = self.nodes.labelmap_array(node, self.volume)
+            counts = np.bincount(labels[labels != 0], minlength=max(BY_ID) + 1)  # the organ voxels, not the CT
         out = []
         for i in range(segmentation.GetNumberOfSegments()):
             segment, key = segmentation.GetNthSegment(i), segmentation.GetNthSegmentID(i)

@@ -32,7 +32,7 @@ import slicer
 from contrastseg.errors import ContrastSegError
 from contrastseg.organs import BY_ID, parse_organs
 
-from . import nodes
+from . import layers, nodes
 
 EDITS_TAG = "ContrastSeg.Edits"  # on each organ's segment: that organ's prompted edits
 EDITS_ATTRIBUTE = "ContrastSeg.Edits"  # where earlier versions kept them, on the node (read, never written)
@@ -229,7 +229,7 @@ class CorrectionLogic:
             scribble = nodes.write_labels_like(stroke > 0, volume, self.work / "stroke.nii") if stroke is not None else None
             job.rid = client.send("refine", ct=volume.GetID(), organ=BY_ID[organ_id].key, labels=str(current),
                                   output=str(job.output), points_ras=pos, neg_points_ras=neg, box_ras=box_ras,
-                                  scribble=str(scribble) if scribble else None)
+                                  scribble=str(scribble) if scribble else None, output_box=True)
         except ContrastSegError as err:
             raise ContrastSegError(worker.died(str(err)) if worker.client is None or not worker.client.alive() else str(err)) from None
         return job
@@ -304,23 +304,30 @@ class CorrectionLogic:
         return False
 
     def _apply(self, job: CorrectionJob, change: dict) -> None:
-        """Write the changed organs into their segments: the organs that lost voxels first, then the clicked
-        one, so no voxel is in two segments at any time. Records the change on the organ's segment; a change
-        of nothing is no edit."""
-        change.pop("box", None)
+        """Write the changed organs into their segments. The worker sends only the box that changed: written in
+        place into the organs' shared layer where they have one (`layers`), else each changed organ's segment
+        is rewritten, the organs that lost voxels first, then the clicked one, so no voxel is in two segments
+        at any time. Records the change on the organ's segment; a change of nothing is no edit."""
+        box = change.pop("box", None)
         change = dict(change, **job.hints, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), id=job.id)
         job.change = change
         if change["added"] or change["removed"]:
+            box = tuple(slice(int(a), int(b)) for a, b in box)
             labels = _read_array(job.output)
+            if labels.shape != tuple(s.stop - s.start for s in box):
+                raise ValueError(f"the result's {labels.shape} voxels do not fill the changed box {box}")
             if self.save_undo is not None:
                 self.save_undo()  # the Segment Editor's Ctrl+Z takes back exactly this
-            segmentation = job.segmentation.GetSegmentation()
-            for key in change.get("taken", {}):
-                lost = parse_organs(key)[0]
-                if segmentation.GetSegment(BY_ID[lost].key) is not None:
-                    nodes.set_segment(job.segmentation, BY_ID[lost].key, labels == lost, job.volume)
             segment = nodes.organ_segment(job.segmentation, job.organ_id)
-            nodes.set_segment(job.segmentation, BY_ID[job.organ_id].key, labels == job.organ_id, job.volume)
+            layer = layers.organ_layer(job.segmentation, job.volume)
+            if layer is None or not layers.write_organs(layer, box, labels):
+                lost = [parse_organs(key)[0] for key in change.get("taken", {})]
+                for organ in [o for o in lost if job.segmentation.GetSegmentation().GetSegment(BY_ID[o].key)] + [job.organ_id]:
+                    mask = slicer.util.arrayFromSegmentBinaryLabelmap(job.segmentation, BY_ID[organ].key, job.volume)
+                    mask = (mask > 0) if mask is not None else np.zeros(_ct_shape(job.volume), dtype=bool)
+                    mask[box] = labels == organ
+                    nodes.set_segment(job.segmentation, BY_ID[organ].key, mask, job.volume)
+                layers.share(job.segmentation)
             segment.SetTag(EDITS_TAG, json.dumps(_json_list(nodes.segment_tag(segment, EDITS_TAG)) + [change]))
         hint = hint_segment(job.segmentation)
         if hint is not None:
@@ -341,6 +348,11 @@ def change_message(organ_name: str, change: dict) -> str:
     taken = ", ".join(f"{n} from {BY_ID[parse_organs(k)[0]].name}" for k, n in (change.get("taken") or {}).items())
     return (f"{organ_name}: +{change['added']} / -{change['removed']} voxels"
             + (f" ({taken})" if taken else "") + f" in {change['seconds']:.1f} s.")
+
+
+def _ct_shape(volume_node) -> tuple:
+    i, j, k = volume_node.GetImageData().GetDimensions()
+    return (k, j, i)
 
 
 def _read_array(path: Path) -> np.ndarray:

@@ -153,10 +153,13 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image | None = None, id
 
 
 def label_values(arr: np.ndarray) -> list[int]:
-    """The values in a non-negative integer array; counted rather than sorted for uint8 (what a click reads and
-    writes: sorting a 512x512x129 map after widening it to int64 was most of read_labels' 0.64 s)."""
+    """The values in a non-negative integer array. For uint8 (what a click reads and writes) the organ voxels
+    are counted, not the whole map sorted: a label map is mostly background, and sorting or counting a
+    512x512x129 map widened to int64 took 0.2-0.6 s per call (twice per click), its organ voxels alone 0.02 s."""
     if arr.dtype == np.uint8:
-        return [int(v) for v in np.flatnonzero(np.bincount(arr.ravel(), minlength=256))]
+        flat = arr.ravel()
+        organs = flat[flat != 0]
+        return ([0] if organs.size < flat.size else []) + [int(v) for v in np.flatnonzero(np.bincount(organs, minlength=256)) if v]
     return [int(v) for v in np.unique(arr)]
 
 
