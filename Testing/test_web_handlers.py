@@ -220,9 +220,17 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
     corrector = Corrector(session)
     centre = session.organ_centre("right_kidney")
     corrector.clear("right_kidney")
+    session.show_3d(True)
+    assert session.editor.is_3d_shown()
     change = corrector.click("right_kidney", centre)
+    # the organs were written with the surfaces off (in place in their layer); they come back on settling
+    assert corrector.surfaces_off and not session.editor.is_3d_shown()
+    corrector.settle(show_3d=True)
+    assert session.editor.is_3d_shown() and not corrector.surfaces_off
     kidney = labels == 2
     import slicer
+
+    from ContrastSegLib.correct import edits
 
     back = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation, "right_kidney", session.volume) > 0
     dice = 2 * (back & kidney).sum() / (back.sum() + kidney.sum())
@@ -232,8 +240,17 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
     liver = session.rows(["liver"])[0]["voxels"]  # other organs can only lose what the kidney took from them
     assert int((labels == 6).sum()) - change["added"] <= liver <= int((labels == 6).sum())
     assert liver == int((labels == 6).sum()) - change.get("taken", {}).get("liver", 0)
+    (record,) = edits(session.segmentation)
+    assert record["added"] == change["added"]
     assert session.undo() and session.rows(["right_kidney"])[0]["voxels"] == 0
+    assert edits(session.segmentation) == []  # the record goes with the voxels
+    assert session.rows(["liver"])[0]["voxels"] == int((labels == 6).sum())  # what the kidney took, given back
     assert session.redo() and session.rows(["right_kidney"])[0]["voxels"] == int(back.sum())
+    assert edits(session.segmentation) == [record]
+    after = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation, "right_kidney", session.volume) > 0
+    assert np.array_equal(after, back)
+    assert session.undo() and session.undo(), "the click, then the clear"
+    assert np.array_equal(session.nodes.labelmap_array(session.segmentation, session.volume), labels)
 
 
 def test_add_to_dataset_records_the_corrected_organs_model_and_source(segmented):

@@ -253,25 +253,32 @@ class ContrastSegWebApp(TrameApp):
         with self.state:
             self.state.cs_edit_status = change_message(name, change) + f" (shown after {time.monotonic() - t:.1f} s)"
         self._undo_changed()
-        await asyncio.sleep(SETTLE_S)  # the slice views show the change first; the 3D surfaces follow
-        self.corrector.settle()
+        await self._settle()
+
+    @reported
+    async def _settle(self):
+        """The slice views show an edit first; the 3D surfaces follow (built again after SETTLE_S)."""
+        await asyncio.sleep(SETTLE_S)
+        self.corrector.settle(show_3d=bool(self.state.cs_show3d))
 
     @reported
     def clear_organ(self):
         removed = self.corrector.clear(self.state.cs_organ)
-        self.corrector.settle()
         self._refresh_rows([self.state.cs_organ])
         self.state.cs_edit_status = f"Cleared ({removed} voxels). Click where the organ is to segment it again."
+        create_task(self._settle())
 
     @reported
     def undo(self):
         self.session.undo()
         self._refresh_rows()
+        create_task(self._settle())
 
     @reported
     def redo(self):
         self.session.redo()
         self._refresh_rows()
+        create_task(self._settle())
 
     def _segmentation_modified(self, *_):
         """Paint, Erase, undo and redo change voxels without a handler of ours: count again once they settle

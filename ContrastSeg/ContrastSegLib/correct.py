@@ -164,6 +164,7 @@ class CorrectionJob:
     started: float = field(default_factory=time.monotonic)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # the edit record's, for undo (interaction.py)
     placed: list = field(default_factory=list)  # the hint points this interaction placed (interaction.py)
+    written: tuple | None = None  # (box, BTCV labels there before, after): what an undo writes back
 
     @property
     def finished(self) -> bool:
@@ -304,10 +305,9 @@ class CorrectionLogic:
         return False
 
     def _apply(self, job: CorrectionJob, change: dict) -> None:
-        """Write the changed organs into their segments. The worker sends only the box that changed: written in
-        place into the organs' shared layer where they have one (`layers`), else each changed organ's segment
-        is rewritten, the organs that lost voxels first, then the clicked one, so no voxel is in two segments
-        at any time. Records the change on the organ's segment; a change of nothing is no edit."""
+        """Write the changed organs into their segments. The worker sends only the box that changed, written in
+        place into the organs' shared layer where they have one, else through Slicer's import of each changed
+        organ (`layers.write_box`). Records the change on the organ's segment; a change of nothing is no edit."""
         box = change.pop("box", None)
         change = dict(change, **job.hints, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), id=job.id)
         job.change = change
@@ -318,16 +318,9 @@ class CorrectionLogic:
                 raise ValueError(f"the result's {labels.shape} voxels do not fill the changed box {box}")
             if self.save_undo is not None:
                 self.save_undo()  # the Segment Editor's Ctrl+Z takes back exactly this
+            job.written = (box, layers.box_labels(job.segmentation, job.volume, box), labels)  # undo (web page)
+            layers.write_box(job.segmentation, job.volume, box, labels, organs=[job.organ_id])
             segment = nodes.organ_segment(job.segmentation, job.organ_id)
-            layer = layers.organ_layer(job.segmentation, job.volume)
-            if layer is None or not layers.write_organs(layer, box, labels):
-                lost = [parse_organs(key)[0] for key in change.get("taken", {})]
-                for organ in [o for o in lost if job.segmentation.GetSegmentation().GetSegment(BY_ID[o].key)] + [job.organ_id]:
-                    mask = slicer.util.arrayFromSegmentBinaryLabelmap(job.segmentation, BY_ID[organ].key, job.volume)
-                    mask = (mask > 0) if mask is not None else np.zeros(_ct_shape(job.volume), dtype=bool)
-                    mask[box] = labels == organ
-                    nodes.set_segment(job.segmentation, BY_ID[organ].key, mask, job.volume)
-                layers.share(job.segmentation)
             segment.SetTag(EDITS_TAG, json.dumps(_json_list(nodes.segment_tag(segment, EDITS_TAG)) + [change]))
         hint = hint_segment(job.segmentation)
         if hint is not None:
@@ -348,11 +341,6 @@ def change_message(organ_name: str, change: dict) -> str:
     taken = ", ".join(f"{n} from {BY_ID[parse_organs(k)[0]].name}" for k, n in (change.get("taken") or {}).items())
     return (f"{organ_name}: +{change['added']} / -{change['removed']} voxels"
             + (f" ({taken})" if taken else "") + f" in {change['seconds']:.1f} s.")
-
-
-def _ct_shape(volume_node) -> tuple:
-    i, j, k = volume_node.GetImageData().GetDimensions()
-    return (k, j, i)
 
 
 def _read_array(path: Path) -> np.ndarray:

@@ -10,7 +10,10 @@ layer then drops the derived surfaces and tells the views, as after a Segment Ed
 Anything else returns None and the caller takes Slicer's export and import: organs in several layers (a
 segment the user added, an organ re-created empty), a non-organ segment sharing the organs' layer, two
 segments of one organ, a layer on another grid or under another transform than the CT, a source
-representation other than the binary label map.
+representation other than the binary label map. Writing also needs the segments to hold no surfaces (or any
+other representation made from the voxels): written in place, the layer tells the segmentation that every
+segment changed, and Slicer drops and rebuilds every organ's surface (IRCAD's six: 1.4 s), where its own
+import rebuilds only the changed organs'. The web page turns the surfaces off during a click for this.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class OrganLayer:
     array: np.ndarray  # (k, j, i) view of the image's voxels: writing it writes the segmentation
     offset: tuple  # (k0, j0, i0): the view's first voxel in the CT's IJK
     values: dict  # BTCV id -> the organ's label value in the layer
+    derived: bool  # a segment holds a representation made from the voxels (3D surfaces): not written in place
 
 
 def _source_representation(segmentation) -> str:
@@ -56,9 +60,12 @@ def organ_layer(segmentation_node, volume_node) -> OrganLayer | None:
         return None
     if segmentation_node.GetParentTransformNode() is not volume_node.GetParentTransformNode():
         return None
-    values, organ_layers, other_layers = {}, set(), set()
+    values, organ_layers, other_layers, derived = {}, set(), set(), False
     for i in range(segmentation.GetNumberOfSegments()):
         segment, segment_id = segmentation.GetNthSegment(i), segmentation.GetNthSegmentID(i)
+        names = []
+        segment.GetContainedRepresentationNames(names)
+        derived = derived or any(name != LABELMAP for name in names)
         label = organ_id(segment)
         index = segmentation.GetLayerIndex(segment_id)
         if label is None:
@@ -88,7 +95,7 @@ def organ_layer(segmentation_node, volume_node) -> OrganLayer | None:
         array = vtk_to_numpy(scalars).reshape(shape)
         if array.dtype.kind not in "iu":
             return None
-    return OrganLayer(image, array, (k0, j0, i0), values)
+    return OrganLayer(image, array, (k0, j0, i0), values, derived)
 
 
 def _overlap(layer: OrganLayer, box: tuple) -> tuple | None:
@@ -130,12 +137,12 @@ def _lookup(table: dict, values: np.ndarray) -> np.ndarray:
 
 def write_organs(layer: OrganLayer, box: tuple, labels: np.ndarray) -> bool:
     """Write `labels` (BTCV ids, the shape of `box`, slices (k, j, i) on the CT grid) into the layer; True if
-    written. False, with nothing written, when the box reaches outside the layer or names an organ that has
-    no segment in it."""
+    written. False, with nothing written, when the box reaches outside the layer, names an organ that has
+    no segment in it, or the segments hold surfaces."""
     if tuple(s.stop - s.start for s in box) != labels.shape:
         raise ValueError(f"labels of shape {labels.shape} for a box of {[(s.start, s.stop) for s in box]}")
     where = _overlap(layer, box)
-    if where is None or where[0] != tuple(box):
+    if layer.derived or where is None or where[0] != tuple(box):
         return False
     present = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
     if any(int(v) and int(v) not in layer.values for v in present):
@@ -146,6 +153,53 @@ def write_organs(layer: OrganLayer, box: tuple, labels: np.ndarray) -> bool:
     layer.array[where[1]] = table[labels]
     layer.image.Modified()  # the segmentation's observer: surfaces invalidated, the node and the views told
     return True
+
+
+def box_labels(segmentation_node, volume_node, box: tuple) -> np.ndarray:
+    """The organs' BTCV ids in `box` (slices (k, j, i) on the CT grid): from the layer where it covers the box,
+    else from Slicer's export."""
+    layer = organ_layer(segmentation_node, volume_node)
+    where = _overlap(layer, box) if layer is not None else None
+    if where is not None and where[0] == tuple(box):
+        return _lookup({value: label for label, value in layer.values.items()}, layer.array[where[1]])
+    from .nodes import labelmap_array
+
+    return labelmap_array(segmentation_node, volume_node)[box]
+
+
+def write_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, organs=()) -> bool:
+    """The organs in `box` (slices (k, j, i) on the CT grid) set to `labels` (BTCV ids): in place where the
+    layer allows (True), else through Slicer's import of each organ that changes there (False): the organs that
+    lose voxels first, then those that gain, so no voxel is in two segments at any time. `organs` (ids) get a
+    segment first if they have none (a clicked organ the user deleted)."""
+    from .nodes import labelmap_array, organ_segment, set_segment
+
+    for organ in organs:
+        organ_segment(segmentation_node, organ)
+    layer = organ_layer(segmentation_node, volume_node)
+    if layer is not None and write_organs(layer, box, labels):
+        return True
+    import slicer
+
+    from contrastseg.organs import BY_ID
+
+    current = labelmap_array(segmentation_node, volume_node)[box]
+    differ = current != labels
+    lost, gained = set(np.unique(current[differ]).tolist()) - {0}, set(np.unique(labels[differ]).tolist()) - {0}
+    segmentation = segmentation_node.GetSegmentation()
+    for organ in sorted(lost - gained) + sorted(gained):
+        key = BY_ID[organ].key
+        if segmentation.GetSegment(key) is None:
+            continue
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, key, volume_node)
+        if mask is None:
+            i, j, k = volume_node.GetImageData().GetDimensions()
+            mask = np.zeros((k, j, i), dtype=bool)
+        mask = mask > 0
+        mask[box] = labels == organ
+        set_segment(segmentation_node, key, mask, volume_node)
+    share(segmentation_node)
+    return False
 
 
 def share(segmentation_node) -> None:
