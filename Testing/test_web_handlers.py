@@ -222,11 +222,21 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
     corrector.clear("right_kidney")
     session.show_3d(True)
     assert session.editor.is_3d_shown()
+    from contrastseg_web.edits import SURFACE
+
+    seg = session.segmentation.GetSegmentation()
+    surfaces = {seg.GetNthSegmentID(i): seg.GetNthSegment(i).GetRepresentation(SURFACE) for i in range(seg.GetNumberOfSegments())}
     change = corrector.click("right_kidney", centre)
-    # the organs were written with the surfaces off (in place in their layer); they come back on settling
+    # the organs were written with the surfaces off (in place in their layer); they come back on settling: the
+    # same surfaces for the organs the click left alone, new ones for the kidney and those it took voxels from
     assert corrector.surfaces_off and not session.editor.is_3d_shown()
     corrector.settle(show_3d=True)
     assert session.editor.is_3d_shown() and not corrector.surfaces_off
+    changed = {"right_kidney", *change["taken"]}
+    for key, surface in surfaces.items():
+        now = seg.GetSegment(key).GetRepresentation(SURFACE)
+        assert (now is surface) == (key not in changed), key
+    assert seg.GetSegment("right_kidney").GetRepresentation(SURFACE).GetNumberOfPoints() > 100
     kidney = labels == 2
     import slicer
 

@@ -21,7 +21,7 @@ from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffec
 
 from contrastseg.errors import ContrastSegError
 from . import auth, guard, ui
-from .edits import Corrector, is_negative
+from .edits import Corrector, PromptedEditCommand, is_negative
 from .effects import BOX, POINT, PromptEffect, fix_pipeline_views
 from .session import WebSession
 from .training import Training, loss_svg, models
@@ -85,6 +85,7 @@ class ContrastSegWebApp(TrameApp):
         self.editor.undo_stack.index_changed.connect(self._undo_changed)
         self.editor.segmentation_modified.connect(self._segmentation_modified)
         self._rows_due, self._rows_pending = 0.0, False
+        self._edits_made = 0  # counts edits, so only the last one's settle builds the surfaces
         self._defaults()
         self.ui = ui.build(self)
         self.state.change("cs_tool")(self._tool_changed)
@@ -222,6 +223,7 @@ class ContrastSegWebApp(TrameApp):
             return
         self.editor.set_active_segment_id(key)
         if cs_tool in TOOLS:
+            self.corrector.settle(show_3d=bool(self.state.cs_show3d))  # the brush starts from a settled segmentation
             self.editor.set_active_effect_type(TOOLS[cs_tool])
         else:
             self.editor.set_active_effect_type(PromptEffect)
@@ -257,9 +259,13 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     async def _settle(self):
-        """The slice views show an edit first; the 3D surfaces follow (built again after SETTLE_S)."""
+        """The slice views show an edit first; the 3D surfaces follow, SETTLE_S after the last edit (an edit
+        meanwhile waits for its own turn: building them blocks the server, and the next click with it)."""
+        self._edits_made += 1
+        mine = self._edits_made
         await asyncio.sleep(SETTLE_S)
-        self.corrector.settle(show_3d=bool(self.state.cs_show3d))
+        if mine == self._edits_made:
+            self.corrector.settle(show_3d=bool(self.state.cs_show3d))
 
     @reported
     def clear_organ(self):
@@ -270,12 +276,16 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     def undo(self):
+        if self.editor.undo_stack is not None and self.editor.undo_stack.undo_text() != PromptedEditCommand.TEXT:
+            self.corrector.forget_surfaces()  # a brush stroke's undo: the Corrector cannot tell what it changed
         self.session.undo()
         self._refresh_rows()
         create_task(self._settle())
 
     @reported
     def redo(self):
+        if self.editor.undo_stack is not None and self.editor.undo_stack.redo_text() != PromptedEditCommand.TEXT:
+            self.corrector.forget_surfaces()
         self.session.redo()
         self._refresh_rows()
         create_task(self._settle())

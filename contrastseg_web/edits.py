@@ -14,6 +14,8 @@ from undo_stack import UndoCommand
 
 from contrastseg.errors import ContrastSegError
 
+SURFACE = "Closed surface"  # Slicer's name for the 3D representation
+
 
 def box_from_drag(a, b) -> list[float]:
     """The box (x0, y0, z0, x1, y1, z1, RAS mm) for a rectangle dragged on a slice from corner `a` to `b`.
@@ -46,11 +48,16 @@ class PromptedEditCommand(UndoCommand):
     (it becomes the entry's provenance). A copy of the whole segmentation per step (trame-slicer's state stack)
     cost 0.02 s to make and 0.16 s to free for a 512x512 CT, twice per click."""
 
+    TEXT = "ContrastSeg correction"
+
     def __init__(self, corrector, node, key: str, written: tuple, edits: tuple):
         super().__init__()
         self._corrector, self._node, self._key = corrector, node, key
         self._box, self._before, self._after = written
         self._edits = edits  # the organ's edits tag before and after
+
+    def text(self) -> str:
+        return self.TEXT
 
     def _put(self, labels, edits) -> None:
         from ContrastSegLib.correct import EDITS_TAG
@@ -58,6 +65,7 @@ class PromptedEditCommand(UndoCommand):
 
         self._corrector.surfaces_during_edit()
         write_box(self._node, self._corrector.session.volume, self._box, labels)
+        self._corrector.changed(self._node, self._before, self._after)
         segment = self._node.GetSegmentation().GetSegment(self._key)
         if segment is not None:
             if edits is None:
@@ -83,6 +91,7 @@ class Corrector:
         self.session = session
         self.unsettled = None  # the segmentation an edit changed, until `settle` tells trame-slicer
         self.surfaces_off = False  # 3D surfaces turned off for an edit, until `settle` builds them again
+        self.kept = None  # meanwhile, the surfaces of the organs no edit changed: {segment id: vtkPolyData}
         self.logic = CorrectionLogic(python=session.python, device=engine_device(session.settings()),
                                      threads=session.threads)
 
@@ -132,9 +141,17 @@ class Corrector:
         segmentation changed. Called once the page shows the edit in the slice views, so a click's result is
         not held back by its surfaces; `show_3d` is the page's 3D switch now."""
         segmentation, self.unsettled = self.unsettled, None
+        kept, self.kept = self.kept or {}, None
         if self.surfaces_off:
             self.surfaces_off = False
             if show_3d:
+                node = self.session.segmentation
+                for segment_id, surface in kept.items():  # only the changed organs are built again
+                    segment = node.GetSegmentation().GetSegment(segment_id) if node is not None else None
+                    if segment is not None and segment.GetRepresentation(SURFACE) is None:
+                        segment.AddRepresentation(SURFACE, surface)
+                if node is not None and kept:
+                    node.CreateClosedSurfaceRepresentation()  # converts the segments that have none
                 self.session.show_3d(True)
                 return
         if segmentation is not None:
@@ -142,10 +159,37 @@ class Corrector:
 
     def surfaces_during_edit(self) -> None:
         """Surfaces off before an edit: the organs are then written in place in their layer, where with
-        surfaces Slicer rebuilds every organ's at once (1.4 s inside the click); `settle` builds them again."""
+        surfaces Slicer rebuilds every organ's at once (IRCAD: 1.4 s inside the click). `settle` puts back
+        those of the organs no edit changed and builds the others (a kidney 0.2 s, the liver 0.7 s)."""
         if self.session.editor.is_3d_shown():
+            segmentation = self.session.segmentation.GetSegmentation()
+            self.kept = {}
+            for i in range(segmentation.GetNumberOfSegments()):
+                surface = segmentation.GetNthSegment(i).GetRepresentation(SURFACE)
+                if surface is not None:
+                    self.kept[segmentation.GetNthSegmentID(i)] = surface
             self.session.show_3d(False)
             self.surfaces_off = True
+
+    def changed(self, node, before, after) -> None:
+        """An edit wrote `after` where `before` was (BTCV ids in its box): the organs whose voxels differ need
+        new surfaces."""
+        import numpy as np
+
+        from ContrastSegLib.nodes import organ_id
+
+        if not self.kept:
+            return
+        differ = before != after
+        organs = (set(np.unique(before[differ]).tolist()) | set(np.unique(after[differ]).tolist())) - {0}
+        segmentation = node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            if organ_id(segmentation.GetNthSegment(i)) in organs:
+                self.kept.pop(segmentation.GetNthSegmentID(i), None)
+
+    def forget_surfaces(self) -> None:
+        """A change not of this Corrector's (a brush stroke, its undo): every surface is built again."""
+        self.kept = None
 
     def edited(self) -> None:
         """An edit changed the active segmentation: `settle` tells trame-slicer (or builds the surfaces)."""
@@ -183,6 +227,7 @@ class Corrector:
 
     def _push(self, node, key: str, written: tuple, edits: tuple) -> None:
         """Put a done edit on trame-slicer's undo stack (the one Paint and Erase use), without running it again."""
+        self.changed(node, written[1], written[2])
         stack = self.session.editor.undo_stack
         if stack is not None:
             command = PromptedEditCommand(self, node, key, written, edits)
