@@ -230,6 +230,9 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
     # the organs were written with the surfaces off (in place in their layer); they come back on settling: the
     # same surfaces for the organs the click left alone, new ones for the kidney and those it took voxels from
     assert corrector.surfaces_off and not session.editor.is_3d_shown()
+    steps = corrector.settling(show_3d=True)
+    next(steps), next(steps)  # one changed organ built; then an edit comes (an undo, and its redo) and settles
+    assert session.undo() and session.redo()
     corrector.settle(show_3d=True)
     assert session.editor.is_3d_shown() and not corrector.surfaces_off
     changed = {"right_kidney", *change["taken"]}

@@ -241,6 +241,7 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     async def _correct(self, kind, **kw):
+        self._edits_made += 1
         key = self.state.cs_organ
         name = next((r["name"] for r in self.state.cs_rows if r["key"] == key), key)
         with self.state:
@@ -259,16 +260,21 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     async def _settle(self):
-        """The slice views show an edit first; the 3D surfaces follow, SETTLE_S after the last edit (an edit
-        meanwhile waits for its own turn: building them blocks the server, and the next click with it)."""
-        self._edits_made += 1
+        """The slice views show an edit first; the 3D surfaces follow, SETTLE_S after the last edit, one organ
+        at a time: building a surface blocks the server, so an edit that comes meanwhile goes first and settles
+        again itself (every edit handler counts itself in `_edits_made` as it starts)."""
         mine = self._edits_made
         await asyncio.sleep(SETTLE_S)
-        if mine == self._edits_made:
-            self.corrector.settle(show_3d=bool(self.state.cs_show3d))
+        if mine != self._edits_made:
+            return
+        for _ in self.corrector.settling(show_3d=bool(self.state.cs_show3d)):
+            await asyncio.sleep(0)  # a click that came meanwhile goes first
+            if mine != self._edits_made:
+                return
 
     @reported
     def clear_organ(self):
+        self._edits_made += 1
         removed = self.corrector.clear(self.state.cs_organ)
         self._refresh_rows([self.state.cs_organ])
         self.state.cs_edit_status = f"Cleared ({removed} voxels). Click where the organ is to segment it again."
@@ -276,6 +282,7 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     def undo(self):
+        self._edits_made += 1
         if self.editor.undo_stack is not None and self.editor.undo_stack.undo_text() != PromptedEditCommand.TEXT:
             self.corrector.forget_surfaces()  # a brush stroke's undo: the Corrector cannot tell what it changed
         self.session.undo()
@@ -284,6 +291,7 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     def redo(self):
+        self._edits_made += 1
         if self.editor.undo_stack is not None and self.editor.undo_stack.redo_text() != PromptedEditCommand.TEXT:
             self.corrector.forget_surfaces()
         self.session.redo()

@@ -8,12 +8,13 @@ from --data-dir in place) and measures, from the page's side:
   - a click on the right kidney: the organ is cleared, the Click tool takes one click at the centre of the
     axial view (the slice views centre on the selected organ), and the time runs from the mouse click until the
     page shows the kidney's new voxel count (`count`) and until the axial view's image has changed after that
-    (`image`); repeated `--clicks` times, each after an undo (which clears the kidney again);
+    (`image`); repeated `--clicks` times, each after an undo (which clears the kidney again) and a pause
+    (`--pauses`, each in turn: 3 s, when the last edit's 3D surfaces are built, and 1 s, while they are);
 and, with the same worker command the page starts (`contrastseg serve --stdio --threads 2`), the worker alone:
 start + open + segment (cold) and a second segment of the open CT (warm). The page also shows the engine's own
 time for each Segment, so `page_minus_engine_warm_s` is what the page adds (files, MRML, views, state).
 
-    python scripts/bench_web.py [--clicks 5] [--threads 2] [--out bench-web.json] [--no-worker-alone]
+    python scripts/bench_web.py [--clicks 5] [--pauses 3 1] [--threads 2] [--out bench-web.json] [--no-worker-alone]
 
 Needs the web extra, Playwright and /usr/bin/chromium (Testing/webpage.py). Run it on an otherwise idle machine;
 the numbers go to the README.
@@ -90,6 +91,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pauses", type=float, nargs="+", default=[3.0, 1.0],
+                    help="seconds between the undo (or the clear) and the next click: 3 s lets the last edit's 3D "
+                         "surfaces finish; 1 s clicks while they are being built")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-worker-alone", dest="worker_alone", action="store_false",
                     help="skip the worker-alone runs (the page's own engine timing still gives its overhead)")
@@ -121,18 +125,20 @@ def main() -> None:
             page.click("#clear-organ")
             wait_text(page, "#voxels-right_kidney", "t.startsWith('0 ')", 60)
             page.click("#tool-point")
-            page.wait_for_timeout(1000)
-            clicks = []
-            for i in range(args.clicks):
-                if i:
-                    page.click("#undo-button")
-                    wait_text(page, "#voxels-right_kidney", "t.startsWith('0 ')", 60)
-                    page.wait_for_timeout(1000)
-                clicks.append(page_click(page))
-                print(f"click {i + 1}: {clicks[-1]}", flush=True)
-            result["clicks"] = clicks
-            result["click_count_median_s"] = statistics.median(c["count_s"] for c in clicks)
-            result["click_image_median_s"] = statistics.median(c["image_s"] for c in clicks)
+            for pause in args.pauses:
+                clicks = []
+                for i in range(args.clicks):
+                    if clicks:
+                        page.click("#undo-button")
+                        wait_text(page, "#voxels-right_kidney", "t.startsWith('0 ')", 60)
+                    page.wait_for_timeout(pause * 1000)
+                    clicks.append(page_click(page))
+                    print(f"pause {pause} s, click {i + 1}: {clicks[-1]}", flush=True)
+                page.click("#undo-button")
+                wait_text(page, "#voxels-right_kidney", "t.startsWith('0 ')", 60)
+                result[f"clicks_after_{pause:g}s"] = clicks
+                result[f"click_count_median_after_{pause:g}s"] = statistics.median(c["count_s"] for c in clicks)
+                result[f"click_image_median_after_{pause:g}s"] = statistics.median(c["image_s"] for c in clicks)
     finally:
         server.stop()
     result["page_minus_engine_warm_s"] = round(result["page_segment_warm_s"] - result["engine_segment_warm_s"], 2)
