@@ -29,9 +29,13 @@ from .training import Training, loss_svg, models
 TOOLS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase}
 
 
-# the slice views render and send their images (throttled, on the event loop) before the 3D surfaces hold the
-# loop for about 2 s (IRCAD's six organs); with 0.05 s, three of five clicks showed only after the surfaces
+# the slice views render and send their images (throttled, on the event loop) before the changed organs' 3D
+# surfaces are built (each holds the loop: IRCAD's liver 0.7 s); with 0.05 s, three of five clicks showed only
+# after the surfaces
 SETTLE_S = 0.5
+# the progress bar and status of a Segment are updated this often: ten times a second kept the browser redrawing
+# them (a quarter of a core on the 2 the engine needs)
+PROGRESS_S = 0.5
 
 
 def reported(method):
@@ -155,13 +159,16 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     async def _follow_segment(self):
-        run, coarse_listed = self.session.run, False
+        run, coarse_listed, shown = self.session.run, False, 0.0
         while self.session.poll_segment():
-            with self.state:
-                self.state.cs_progress = round(run.fraction * 100)
-                self.state.cs_status = run.status_text()
-                if run.coarse_node is not None and not coarse_listed:  # the coarse preview, listed at once
+            if run.coarse_node is not None and not coarse_listed:  # the coarse preview, listed at once
+                with self.state:
                     self.state.cs_rows, coarse_listed = self.session.rows(), True
+            if time.monotonic() - shown >= PROGRESS_S:
+                shown = time.monotonic()
+                with self.state:
+                    self.state.cs_progress = round(run.fraction * 100)
+                    self.state.cs_status = run.status_text()
             await asyncio.sleep(0.1)
         with self.state:
             self.state.cs_running = False
