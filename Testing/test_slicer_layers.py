@@ -62,7 +62,9 @@ def test_the_layer_reads_as_slicers_export_and_a_box_is_written_in_place(slicer_
     assert exported.any() and np.array_equal(nodes.labelmap_array(segmentation, volume), exported)
     assert np.array_equal(exported, labels)
 
-    # the right kidney's box: the kidney becomes spleen there, the rest of the box keeps its labels
+    # the right kidney's box: the kidney becomes spleen there, the rest of the box keeps its labels; the 3D
+    # surfaces shown before are dropped (Slicer rebuilds them where shown), none stays stale
+    segmentation.CreateClosedSurfaceRepresentation()
     told = []
     segmentation.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, lambda *a: told.append(a))
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(np.argwhere(labels == 2).min(0), np.argwhere(labels == 2).max(0)))
@@ -70,6 +72,7 @@ def test_the_layer_reads_as_slicers_export_and_a_box_is_written_in_place(slicer_
     new[new == 2] = 1
     assert layers.write_organs(layers.organ_layer(segmentation, volume), box, new)
     assert told, "the node was not told: the views would not update"
+    assert segmentation.GetSegmentation().GetSegment("spleen").GetRepresentation("Closed surface") is None
     expected = labels.copy()
     expected[box] = new
     own = masks(segmentation, volume)

@@ -180,9 +180,9 @@ class Corrector:
         self.session.show_3d(True)  # every segment has its surface: nothing is built here
 
     def surfaces_during_edit(self) -> None:
-        """Surfaces off before an edit: the organs are then written in place in their layer, where with
-        surfaces Slicer rebuilds every organ's at once (IRCAD: 1.4 s inside the click). The surfaces there
-        are kept for `settling`, which puts back those of the organs no edit changed."""
+        """Surfaces off before an edit: however the organs are written, Slicer drops every organ's surface and
+        trame-slicer rebuilt them all at once, inside the click (IRCAD: 1.4 s). The surfaces there are kept for
+        `settling`, which puts back those of the organs no edit changed."""
         node = self.session.segmentation
         if node is None or not (self.surfaces_off or self.session.editor.is_3d_shown()):
             return
