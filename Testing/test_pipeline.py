@@ -130,3 +130,40 @@ def test_an_organ_the_card_does_not_list_keeps_its_voxels_from_the_listed_ones(m
     assert ((labels[kept] == best[kept]) | (labels[kept] == 0)).all() and (labels[kept] == best[kept]).mean() > 0.95
     rerouted = np.asarray([0, *model.organs])[coarse_probabilities(model.coarse, x, CPU, model.organs)[[0, *model.organs]].argmax(0)]
     assert (rerouted[np.isin(best, unlisted)] != 0).any()  # what the listed organs took before
+
+
+def test_a_solid_organ_keeps_its_main_piece_and_a_comparable_half():
+    """Spleen, kidneys and liver: a stray piece under half the organ's largest is dropped from the final map, a
+    piece half as large or more stays (an organ cut in two), and no other organ's voxel changes."""
+    from contrastseg.infer import MAIN_PIECE_FRACTION, _one_main_piece
+
+    arr = np.zeros((40, 60, 60), np.uint8)
+    arr[5:15, 5:25, 5:25] = 2  # right kidney, 4000 voxels
+    arr[25:30, 5:25, 5:25] = 2  # a second piece of it, 2000: half, kept
+    arr[5:10, 40:50, 40:50] = 2  # a stray piece, 500: dropped
+    arr[20:30, 40:55, 40:55] = 6  # liver
+    arr[32:34, 40:55, 40:55] = 6  # a liver piece of 450 (0.2 of it): dropped
+    arr[32:40, 5:15, 5:15] = 9  # an IVC piece: not a solid organ, never touched
+    arr[0:2, 0:2, 0:2] = 9
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.8, 0.8, 2.5))
+    out = sitk.GetArrayFromImage(_one_main_piece(image, [1, 2, 3, 6]))
+    assert MAIN_PIECE_FRACTION == 0.5
+    assert (out[5:15, 5:25, 5:25] == 2).all() and (out[25:30, 5:25, 5:25] == 2).all()
+    assert not out[5:10, 40:50, 40:50].any() and not out[32:34, 40:55, 40:55].any()
+    assert (out == 9).sum() == (arr == 9).sum() and (out[20:30, 40:55, 40:55] == 6).all()
+    assert _one_main_piece(image, []) is image  # nothing to clean: the same image back
+
+
+def test_the_final_map_has_one_main_piece_per_solid_organ(model, small_ct):
+    result = segment(small_ct, model, device=CPU)
+    labels = sitk.GetArrayFromImage(result.labels)
+    found = 0
+    for organ in (1, 2, 3, 6):
+        pieces, n = ndimage.label(labels == organ)
+        if not n:
+            continue
+        found += 1
+        sizes = np.bincount(pieces.ravel())[1:]
+        assert (sizes >= 0.5 * sizes.max()).all(), (organ, sorted(sizes))
+    assert found >= 3, "spleen, kidneys or liver missing from the sample CT"

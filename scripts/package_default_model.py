@@ -2,9 +2,11 @@
 
     python scripts/package_default_model.py work/default/refined/model --eval work/eval --clicks docs/click-eval.md
     python scripts/package_default_model.py --clicks docs/click-eval.md    # only the shipped card's click table
+    python scripts/package_default_model.py --eval work/eval               # only its validation numbers
 
-The second form is for a change of the prompt rules (prompts.py), which changes the clicks' numbers and not
-the weights: the weights files are left as they are.
+The last two forms are for a change of the engine around the same weights (the prompt rules in prompts.py,
+the final map's postprocessing in infer.py): the weights files are left as they are, and with --eval only the
+cases evaluated again are replaced in the card.
 
 fp16 halves the files (the networks run in fp32: loading casts back). The card gains the list of training CTs
 with their licences and the attribution the CC BY data asks for, the per-organ numbers written by
@@ -59,6 +61,19 @@ def training_data(card: dict) -> list[dict]:
     return out
 
 
+def validation_of(folder: Path) -> dict:
+    """{case: title, unseen, per stage mean Dice and per organ Dice, HD95, ASSD, share named as another organ}
+    from scripts/evaluate_default_model.py's <case>.json files."""
+    validation = {}
+    for f in sorted(folder.glob("*.json")):
+        row = json.loads(f.read_text())
+        validation[row["case"]] = {"title": row["title"], "unseen": row["unseen"], **{
+            stage: {"mean_dice": row[stage]["mean_dice"],
+                    "organs": {k: {m: v[m] for m in ("dice", "hd95", "assd", "as_other")} for k, v in row[stage]["organs"].items()}}
+            for stage in ("coarse", "refined") if stage in row}}
+    return validation
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, nargs="?", default=None, help="the trained model (omitted: --clicks only)")
@@ -77,13 +92,17 @@ def main() -> None:
     ap.add_argument("--why-not", default="no unseen CT shows it found (Dice above 0.5)",
                     help="the reason recorded for the organs --organs leaves out")
     args = ap.parse_args()
-    if args.model is None:
-        if not args.clicks or args.eval or args.coarse or args.coarse_start or args.refined_start:
-            ap.error("without a model, give --clicks only (it updates the shipped card's click table)")
+    if args.model is None:  # the weights stay: the engine around them changed (its postprocessing, the clicks)
+        if not (args.clicks or args.eval) or args.coarse or args.coarse_start or args.refined_start or args.organs:
+            ap.error("without a model, give --eval and/or --clicks only (they update the shipped card's "
+                     "validation and click tables)")
         card = read_card(TARGET)
-        card.setdefault("validation", {})["clicks"] = click_table(args.clicks)
+        if args.eval:
+            card.setdefault("validation", {}).update(validation_of(args.eval))  # cases not evaluated again stay
+        if args.clicks:
+            card.setdefault("validation", {})["clicks"] = click_table(args.clicks)
         write_card(TARGET, card)
-        print(f"updated the click table of {TARGET / 'card.json'}")
+        print(f"updated the validation of {TARGET / 'card.json'}")
         return
     model = load_model(args.model)
     if args.coarse:
@@ -116,14 +135,7 @@ def main() -> None:
                 coarse=dict(model.card["coarse"], weights=save_stage(TARGET, "coarse", model.coarse, half=True, organs=trained)),
                 refined=dict(model.card["refined"], weights=save_stage(TARGET, "refined", model.refined, half=True)))
     if args.eval:
-        validation = {}
-        for f in sorted(args.eval.glob("*.json")):
-            row = json.loads(f.read_text())
-            validation[row["case"]] = {"title": row["title"], "unseen": row["unseen"], **{
-                stage: {"mean_dice": row[stage]["mean_dice"],
-                        "organs": {k: {m: v[m] for m in ("dice", "hd95", "assd", "as_other")} for k, v in row[stage]["organs"].items()}}
-                for stage in ("coarse", "refined") if stage in row}}
-        card["validation"] = validation
+        card["validation"] = validation_of(args.eval)
     if args.clicks:
         card.setdefault("validation", {})["clicks"] = click_table(args.clicks)
     write_card(TARGET, card)

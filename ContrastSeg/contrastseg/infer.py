@@ -239,8 +239,39 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     rnet = model.refined.to(device)
     fine_labels = refine(rnet, fine.array, attention, organs, device, rset.get("margin", 16), prog)
     labels = _to_input_grid(fine_labels, fine.grid, image)
+    labels = _one_main_piece(labels, [o for o in SOLID_ORGANS if o in organs])
     timings["refine"] = time.perf_counter() - t
     return Segmentation(labels, coarse, organs, timings)
+
+
+# spleen, kidneys, liver: one solid piece each. A piece under half the size of the organ's largest is dropped
+# (set to background) from the final map; an organ cut into two comparable halves keeps both. Measured with the
+# shipped model on every CT at hand (docs/default-model.md): IRCAD's right kidney had a 52 789-voxel second
+# piece in the liver (Dice 0.795 -> 0.904); no organ on any other CT lost Dice (0 to +0.007).
+SOLID_ORGANS = (1, 2, 3, 6)
+MAIN_PIECE_FRACTION = 0.5
+
+
+def _one_main_piece(labels: sitk.Image, organs: list[int]) -> sitk.Image:
+    """`clean_components` at MAIN_PIECE_FRACTION for `organs`, each organ labelled within its own bounding box
+    (a CT-sized pass per organ would add a second to a 512x512 CT)."""
+    arr = sitk.GetArrayFromImage(labels)
+    boxes = ndimage.find_objects(arr)
+    changed = False
+    for organ in organs:
+        box = boxes[organ - 1] if organ - 1 < len(boxes) else None
+        if box is None:
+            continue
+        sub = arr[box]
+        cleaned = clean_components(sub, [organ], MAIN_PIECE_FRACTION)
+        if not np.array_equal(cleaned, sub):
+            arr[box] = cleaned
+            changed = True
+    if not changed:
+        return labels
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(labels)
+    return out
 
 
 def coarse_stage(net, volume: np.ndarray, organs: list[int], device: torch.device,
