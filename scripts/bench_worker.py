@@ -5,7 +5,7 @@ Measures, each from the caller's side (process start, pipes and files included):
   - the CLI: `python -m contrastseg.cli segment CT -o OUT` from start to exit (torch import, model load, read);
   - the worker: start to ready, `open` (read the CT, load the model), the first `segment`, a second `segment`
     of the open CT, and a positive click at the centre of the right kidney (`refine`, label files as the
-    Slicer module exchanges them: uncompressed .nii), repeated `--clicks` times.
+    Slicer module exchanges them: uncompressed .nii, the answer only the changed box), repeated `--clicks` times.
 
     python scripts/bench_worker.py [--case ircad] [--threads 2] [--clicks 5] [--device cpu] [--only-clicks]
 
@@ -97,7 +97,8 @@ def main() -> None:
             for _ in range(args.clicks):
                 t = time.perf_counter()
                 fixed = client.request("refine", ct=opened["ct"], organ="right_kidney", labels=str(work / "current.nii"),
-                                       output=str(work / "fixed.nii"), points_ras=[[-lps[0], -lps[1], lps[2]]])
+                                       output=str(work / "fixed.nii"), points_ras=[[-lps[0], -lps[1], lps[2]]],
+                                       output_box=True)
                 assert fixed["ok"], fixed
                 clicks.append(time.perf_counter() - t)
                 print(f"click {len(clicks)}: {clicks[-1]:.2f} s, {fixed['change']}", flush=True)
