@@ -303,3 +303,22 @@ def test_loss_curve_points_fit_the_box():
     assert [c["last"] for c in curves] == [1.0, 0.5]
     assert loss_svg(curves).count("<polyline") == 2 and loss_svg([]) == ""
     assert DATA.exists()
+
+
+def test_segmenting_again_hides_the_old_result_at_the_preview_and_removes_it_at_the_end(segmented):
+    """The real engine on the sample CT: the old result is not drawn under the new coarse preview (two organ maps
+    on top of each other), and it is gone once the new result is in."""
+    import time
+
+    session, _ = segmented
+    old = session.segmentation
+    run = session.start_segment()
+    hidden_at_preview = None
+    while session.poll_segment():
+        if run.coarse_node is not None and hidden_at_preview is None:
+            hidden_at_preview = not old.GetDisplayNode().GetVisibility()
+        time.sleep(0.05)
+    assert run.state == "done", run.error
+    assert hidden_at_preview is True
+    assert old.GetScene() is None and session.segmentation is run.result_node
+    assert session.segmentation.GetDisplayNode().GetVisibility()

@@ -151,6 +151,8 @@ class ContrastSegWebApp(TrameApp):
         self.state.cs_tool = "none"
         self.training.close_compare()
         self.session.start_segment(self.state.cs_model or "")
+        self._edits_made += 1  # a settle still waiting from the last edit does not run during the engine's work
+        self.corrector.reset()
         self._segment_started = time.monotonic()
         with self.state:
             self.state.update({"cs_running": True, "cs_error": "", "cs_rows": [], "cs_organ": "", "cs_progress": 0,

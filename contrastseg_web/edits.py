@@ -218,6 +218,11 @@ class Corrector:
         """A change not of this Corrector's (a brush stroke, its undo): every surface is built again."""
         self.kept = None
 
+    def reset(self) -> None:
+        """A new Segment: the segmentation the edits changed is being replaced, and Segment builds the new one's
+        surfaces itself; nothing is left to settle."""
+        self.unsettled, self.kept, self.surfaces_off = None, None, False
+
     def edited(self) -> None:
         """An edit changed the active segmentation: `settle` tells trame-slicer (or builds the surfaces)."""
         self.unsettled = self.session.editor.active_segmentation

@@ -164,6 +164,11 @@ class WebSession:
         if run is None:
             return False
         going = self.logic.poll(run)
+        if run.coarse_node is not None:  # the preview replaces the old result in the views (it is removed at the end)
+            for node in getattr(self, "_replaced", []):
+                display = node.GetDisplayNode() if node is not run.coarse_node else None
+                if display is not None and display.GetVisibility():
+                    display.SetVisibility(False)
         kept = run.result_node if run.state == "done" else run.coarse_node  # a coarse map shown before a cancel stays
         if not going and kept is not None:
             for node in getattr(self, "_replaced", []):
