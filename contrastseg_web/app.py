@@ -33,6 +33,9 @@ TOOLS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase}
 # surfaces are built (each holds the loop: IRCAD's liver 0.7 s); with 0.05 s, three of five clicks showed only
 # after the surfaces
 SETTLE_S = 0.5
+# the surfaces of the organs a click took voxels from (the liver: 0.7 s) are built anew only after the edits have
+# paused this long; meanwhile they keep their old surfaces, off by the few voxels taken
+STALE_S = 5.0
 # the progress bar and status of a Segment are updated this often: ten times a second kept the browser redrawing
 # them (a quarter of a core on the 2 the engine needs)
 PROGRESS_S = 0.5
@@ -278,6 +281,11 @@ class ContrastSegWebApp(TrameApp):
             return
         for _ in self.corrector.settling(show_3d=bool(self.state.cs_show3d)):
             await asyncio.sleep(0)  # a click that came meanwhile goes first
+            if mine != self._edits_made:
+                return
+        await asyncio.sleep(STALE_S)
+        for _ in self.corrector.refreshing():
+            await asyncio.sleep(0)
             if mine != self._edits_made:
                 return
 
