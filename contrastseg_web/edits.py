@@ -172,10 +172,14 @@ class Corrector:
             self.surfaces_off, self.kept = False, None
             return
         live = node.GetSegmentation()
-        for segment_id, surface in (self.kept or {}).items():
-            segment = live.GetSegment(segment_id)
-            if segment is not None and segment.GetRepresentation(SURFACE) is None:
-                segment.AddRepresentation(SURFACE, surface)
+        was = node.StartModify()  # the views update once for all the surfaces put back, not once per organ
+        try:
+            for segment_id, surface in (self.kept or {}).items():
+                segment = live.GetSegment(segment_id)
+                if segment is not None and segment.GetRepresentation(SURFACE) is None:
+                    segment.AddRepresentation(SURFACE, surface)
+        finally:
+            node.EndModify(was)
         missing = [live.GetNthSegmentID(i) for i in range(live.GetNumberOfSegments())
                    if live.GetNthSegment(i).GetRepresentation(SURFACE) is None]
         for segment_id in missing:

@@ -15,6 +15,7 @@ start + open + segment (cold) and a second segment of the open CT (warm). The pa
 time for each Segment, so `page_minus_engine_warm_s` is what the page adds (files, MRML, views, state).
 
     python scripts/bench_web.py [--clicks 5] [--pauses 3 1] [--threads 2] [--out bench-web.json] [--no-worker-alone]
+                                 [--no-surfaces]
 
 Needs the web extra, Playwright and /usr/bin/chromium (Testing/webpage.py). Run it on an otherwise idle machine;
 the numbers go to the README.
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--pauses", type=float, nargs="+", default=[3.0, 1.0],
                     help="seconds between the undo (or the clear) and the next click: 3 s lets the last edit's 3D "
                          "surfaces finish; 1 s clicks while they are being built")
+    ap.add_argument("--no-surfaces", dest="surfaces", action="store_false",
+                    help="turn the page's 3D surfaces off before the clicks (what building and drawing them costs)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-worker-alone", dest="worker_alone", action="store_false",
                     help="skip the worker-alone runs (the page's own engine timing still gives its overhead)")
@@ -124,6 +127,9 @@ def main() -> None:
             page.wait_for_selector("#organ-right_kidney.selected")
             page.click("#clear-organ")
             wait_text(page, "#voxels-right_kidney", "t.startsWith('0 ')", 60)
+            if not args.surfaces:
+                page.click("#show3d-switch")  # 3D surfaces off: nothing is built or drawn in 3D after an edit
+                page.wait_for_timeout(2000)
             page.click("#tool-point")
             for pause in args.pauses:
                 clicks = []
