@@ -151,3 +151,33 @@ def test_a_click_gives_the_same_organs_through_the_layer_and_through_slicers_imp
             assert np.array_equal(results[0][key], results[1][key]), key
     finally:
         logic.cleanup()
+
+
+@pytest.mark.parametrize("path", ["in place", "import"])
+def test_a_written_box_keeps_the_3d_surfaces_of_the_organs_it_leaves_unchanged(slicer_app, tmp_path, path):  # noqa: F811
+    """Slicer drops every organ's surface when a box is written (either way); those of the organs the box does
+    not change are put back before the views hear of it, so only the changed organs' surfaces are rebuilt."""
+    labels = truth()
+    volume, segmentation = loaded(slicer_app, tmp_path, labels)
+    if path == "import":  # a second, empty segment of the liver: the layer path refuses, Slicer's import runs
+        segmentation.GetSegmentation().AddEmptySegment("", "liver", [0.5, 0.2, 0.1])
+    segmentation.CreateClosedSurfaceRepresentation()
+    seg = segmentation.GetSegmentation()
+    before = {seg.GetNthSegmentID(i): seg.GetNthSegment(i).GetRepresentation("Closed surface")
+              for i in range(seg.GetNumberOfSegments())}
+    kidney = np.argwhere(labels == 2)
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(kidney.min(0), kidney.max(0)))
+    new = labels[box].copy()
+    new[new == 2] = 1  # the right kidney becomes spleen
+    changed = {BY_ID[o].key for o in np.unique(np.concatenate([labels[box][labels[box] != new], new[labels[box] != new]]))}
+    assert changed == {"right_kidney", "spleen"}
+    assert layers.write_box(segmentation, volume, box, new) == (path == "in place")
+    for key, surface in before.items():
+        now = seg.GetSegment(key).GetRepresentation("Closed surface")
+        if key in changed:
+            assert now is None or now is not surface, key  # dropped, to be built anew from the new voxels
+        elif surface is not None:
+            assert now is surface, key
+    expected = labels.copy()
+    expected[box] = new
+    assert np.array_equal(nodes.exported_labels(segmentation, volume), expected)

@@ -12,8 +12,9 @@ segment the user added, an organ re-created empty), a non-organ segment sharing 
 segments of one organ, a layer on another grid or under another transform than the CT, a source
 representation other than the binary label map. Written in place, the layer tells the segmentation that every
 segment changed, and Slicer drops every organ's 3D surface, to be rebuilt where shown (IRCAD's six: 1.4 s);
-its own per-organ import does the same (measured on slicer-core 5.11). The web page therefore takes the
-surfaces off before a click and puts back those of the organs the click did not change.
+its own per-organ import does the same (measured on slicer-core 5.11). `write_box` puts back the surfaces of
+the organs the box leaves unchanged before the views hear of it; the web page also takes the surfaces off
+during a click, so that even the changed organs' are built after the slice views show it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from .nodes import organ_id
 
 LABELMAP = "Binary labelmap"
+SURFACE = "Closed surface"
 
 
 @dataclass
@@ -167,21 +169,47 @@ def write_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, or
     """The organs in `box` (slices (k, j, i) on the CT grid) set to `labels` (BTCV ids): in place where the
     layer allows (True), else through Slicer's import of each organ that changes there (False): the organs that
     lose voxels first, then those that gain, so no voxel is in two segments at any time. `organs` (ids) get a
-    segment first if they have none (a clicked organ the user deleted)."""
-    from .nodes import labelmap_array, organ_segment, set_segment
+    segment first if they have none (a clicked organ the user deleted).
+
+    Either way Slicer drops every organ's 3D surface; those of the organs the box leaves unchanged are put back
+    before the node tells its views (one modification), so Slicer rebuilds only the changed organs' surfaces
+    (IRCAD: all six took 1.4 s, a kidney 0.2 s)."""
+    from .nodes import organ_id, organ_segment
 
     for organ in organs:
         organ_segment(segmentation_node, organ)
-    layer = organ_layer(segmentation_node, volume_node)
-    if layer is not None and write_organs(layer, box, labels):
-        return True
+    before = box_labels(segmentation_node, volume_node, box)
+    differ = before != labels
+    changed = (set(np.unique(before[differ]).tolist()) | set(np.unique(labels[differ]).tolist())) - {0}
+    segmentation = segmentation_node.GetSegmentation()
+    surfaces = {segmentation.GetNthSegmentID(i): segmentation.GetNthSegment(i).GetRepresentation(SURFACE)
+                for i in range(segmentation.GetNumberOfSegments())}
+    was = segmentation_node.StartModify()
+    try:
+        layer = organ_layer(segmentation_node, volume_node)
+        in_place = layer is not None and write_organs(layer, box, labels)
+        if not in_place:
+            _import_box(segmentation_node, volume_node, box, labels, before)
+        for segment_id, surface in surfaces.items():
+            segment = segmentation.GetSegment(segment_id)
+            if surface is not None and segment is not None and organ_id(segment) not in changed \
+                    and segment.GetRepresentation(SURFACE) is None:
+                segment.AddRepresentation(SURFACE, surface)
+    finally:
+        segmentation_node.EndModify(was)
+    return in_place
+
+
+def _import_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, before: np.ndarray) -> None:
+    """`write_box` through Slicer's import, organ by organ, then the layers merged again (`share`)."""
     import slicer
 
     from contrastseg.organs import BY_ID
 
-    current = labelmap_array(segmentation_node, volume_node)[box]
-    differ = current != labels
-    lost, gained = set(np.unique(current[differ]).tolist()) - {0}, set(np.unique(labels[differ]).tolist()) - {0}
+    from .nodes import set_segment
+
+    differ = before != labels
+    lost, gained = set(np.unique(before[differ]).tolist()) - {0}, set(np.unique(labels[differ]).tolist()) - {0}
     segmentation = segmentation_node.GetSegmentation()
     for organ in sorted(lost - gained) + sorted(gained):
         key = BY_ID[organ].key
@@ -195,7 +223,6 @@ def write_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, or
         mask[box] = labels == organ
         set_segment(segmentation_node, key, mask, volume_node)
     share(segmentation_node)
-    return False
 
 
 def share(segmentation_node) -> None:
