@@ -222,26 +222,26 @@ def test_a_click_brings_a_cleared_kidney_back_through_the_worker_and_undo_takes_
     corrector.clear("right_kidney")
     session.show_3d(True)
     assert session.editor.is_3d_shown()
-    from contrastseg_web.edits import SURFACE
+    from contrastseg_web.surfaces import SURFACE
 
     seg = session.segmentation.GetSegmentation()
     surfaces = {seg.GetNthSegmentID(i): seg.GetNthSegment(i).GetRepresentation(SURFACE) for i in range(seg.GetNumberOfSegments())}
     change = corrector.click("right_kidney", centre)
     # the organs were written with the surfaces off (in place in their layer); they come back on settling: the
     # same surfaces for the organs the click left alone, a new one for the kidney
-    assert corrector.surfaces_off and not session.editor.is_3d_shown()
-    steps = corrector.settling(show_3d=True)
+    assert corrector.surfaces.off and not session.editor.is_3d_shown()
+    steps = corrector.surfaces.settling(show_3d=True)
     assert next(steps) == "right_kidney"  # about to build it, an edit comes (an undo, and its redo), then settles
     assert session.undo() and session.redo()
-    corrector.settle(show_3d=True)
-    assert session.editor.is_3d_shown() and not corrector.surfaces_off
+    corrector.surfaces.settle(show_3d=True)
+    assert session.editor.is_3d_shown() and not corrector.surfaces.off
     for key, surface in surfaces.items():  # the organs the kidney took voxels from keep theirs for now too
         now = seg.GetSegment(key).GetRepresentation(SURFACE)
         assert (now is surface) == (key != "right_kidney"), key
     assert seg.GetSegment("right_kidney").GetRepresentation(SURFACE).GetNumberOfPoints() > 100
-    assert change["taken"] and corrector.stale == set(change["taken"])
-    refreshed = list(corrector.refreshing())  # once the edits pause: those organs' surfaces built anew
-    assert set(refreshed) == set(change["taken"]) and not corrector.stale
+    assert change["taken"] and corrector.surfaces.stale == set(change["taken"])
+    refreshed = list(corrector.surfaces.refreshing())  # once the edits pause: those organs' surfaces built anew
+    assert set(refreshed) == set(change["taken"]) and not corrector.surfaces.stale
     for key, surface in surfaces.items():
         now = seg.GetSegment(key).GetRepresentation(SURFACE)
         assert (now is surface) == (key not in {"right_kidney", *change["taken"]}), key

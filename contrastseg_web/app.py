@@ -21,21 +21,15 @@ from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffec
 
 from contrastseg.errors import ContrastSegError
 from . import auth, guard, ui
-from .edits import Corrector, PromptedEditCommand, is_negative
+from .edits import Corrector, is_negative
 from .effects import BOX, POINT, PromptEffect, fix_pipeline_views
 from .session import WebSession
+from .surfaces import SETTLE_S
 from .training import Training, loss_svg, models
 
 TOOLS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase}
 
 
-# the slice views render and send their images (throttled, on the event loop) before the changed organs' 3D
-# surfaces are built (each holds the loop: IRCAD's liver 0.7 s); with 0.05 s, three of five clicks showed only
-# after the surfaces
-SETTLE_S = 0.5
-# the surfaces of the organs a click took voxels from (the liver: 0.7 s) are built anew only after the edits have
-# paused this long; meanwhile they keep their old surfaces, off by the few voxels taken
-STALE_S = 5.0
 # the progress bar and status of a Segment are updated this often: ten times a second kept the browser redrawing
 # them (a quarter of a core on the 2 the engine needs)
 PROGRESS_S = 0.5
@@ -85,6 +79,7 @@ class ContrastSegWebApp(TrameApp):
         fix_pipeline_views(self.editor, self.slicer_app.view_manager)
         self.session = WebSession(self.slicer_app, data_dir, max_upload_mb, device, threads)
         self.corrector = Corrector(self.session)
+        self.surfaces = self.corrector.surfaces
         self.training = Training(self.session)
         self.editor.register_effect_type(PromptEffect)
         self.prompt_effect: PromptEffect = self.editor.get_effect(PromptEffect)
@@ -92,7 +87,6 @@ class ContrastSegWebApp(TrameApp):
         self.editor.undo_stack.index_changed.connect(self._undo_changed)
         self.editor.segmentation_modified.connect(self._segmentation_modified)
         self._rows_due, self._rows_pending = 0.0, False
-        self._edits_made = 0  # counts edits, so only the last one's settle builds the surfaces
         self._defaults()
         self.ui = ui.build(self)
         self.state.change("cs_tool")(self._tool_changed)
@@ -154,8 +148,8 @@ class ContrastSegWebApp(TrameApp):
         self.state.cs_tool = "none"
         self.training.close_compare()
         self.session.start_segment(self.state.cs_model or "")
-        self._edits_made += 1  # a settle still waiting from the last edit does not run during the engine's work
-        self.corrector.reset()
+        self.surfaces.begin()  # a settle still waiting from the last edit does not run during the engine's work
+        self.surfaces.reset()
         self._segment_started = time.monotonic()
         with self.state:
             self.state.update({"cs_running": True, "cs_error": "", "cs_rows": [], "cs_organ": "", "cs_progress": 0,
@@ -235,7 +229,7 @@ class ContrastSegWebApp(TrameApp):
             return
         self.editor.set_active_segment_id(key)
         if cs_tool in TOOLS:
-            self.corrector.settle(show_3d=bool(self.state.cs_show3d))  # the brush starts from a settled segmentation
+            self.surfaces.settle(show_3d=bool(self.state.cs_show3d))  # the brush starts from a settled segmentation
             self.editor.set_active_effect_type(TOOLS[cs_tool])
         else:
             self.editor.set_active_effect_type(PromptEffect)
@@ -253,7 +247,7 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     async def _correct(self, kind, **kw):
-        self._edits_made += 1
+        self.surfaces.begin()
         key = self.state.cs_organ
         name = next((r["name"] for r in self.state.cs_rows if r["key"] == key), key)
         with self.state:
@@ -272,26 +266,11 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     async def _settle(self):
-        """The slice views show an edit first; the 3D surfaces follow, SETTLE_S after the last edit, one organ
-        at a time: building a surface blocks the server, so an edit that comes meanwhile goes first and settles
-        again itself (every edit handler counts itself in `_edits_made` as it starts)."""
-        mine = self._edits_made
-        await asyncio.sleep(SETTLE_S)
-        if mine != self._edits_made:
-            return
-        for _ in self.corrector.settling(show_3d=bool(self.state.cs_show3d)):
-            await asyncio.sleep(0)  # a click that came meanwhile goes first
-            if mine != self._edits_made:
-                return
-        await asyncio.sleep(STALE_S)
-        for _ in self.corrector.refreshing():
-            await asyncio.sleep(0)
-            if mine != self._edits_made:
-                return
+        await self.surfaces.follow(lambda: self.state.cs_show3d)
 
     @reported
     def clear_organ(self):
-        self._edits_made += 1
+        self.surfaces.begin()
         removed = self.corrector.clear(self.state.cs_organ)
         self._refresh_rows([self.state.cs_organ])
         self.state.cs_edit_status = f"Cleared ({removed} voxels). Click where the organ is to segment it again."
@@ -299,19 +278,16 @@ class ContrastSegWebApp(TrameApp):
 
     @reported
     def undo(self):
-        self._edits_made += 1
-        if self.editor.undo_stack is not None and self.editor.undo_stack.undo_text() != PromptedEditCommand.TEXT:
-            self.corrector.forget_surfaces()  # a brush stroke's undo: the Corrector cannot tell what it changed
-        self.session.undo()
-        self._refresh_rows()
-        create_task(self._settle())
+        self._undo_redo(redo=False)
 
     @reported
     def redo(self):
-        self._edits_made += 1
-        if self.editor.undo_stack is not None and self.editor.undo_stack.redo_text() != PromptedEditCommand.TEXT:
-            self.corrector.forget_surfaces()
-        self.session.redo()
+        self._undo_redo(redo=True)
+
+    def _undo_redo(self, redo: bool) -> None:
+        self.surfaces.begin()
+        self.surfaces.before_undo(redo)
+        (self.session.redo if redo else self.session.undo)()
         self._refresh_rows()
         create_task(self._settle())
 

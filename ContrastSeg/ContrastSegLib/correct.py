@@ -318,8 +318,9 @@ class CorrectionLogic:
                 raise ValueError(f"the result's {labels.shape} voxels do not fill the changed box {box}")
             if self.save_undo is not None:
                 self.save_undo()  # the Segment Editor's Ctrl+Z takes back exactly this
-            job.written = (box, layers.box_labels(job.segmentation, job.volume, box), labels)  # undo (web page)
-            layers.write_box(job.segmentation, job.volume, box, labels, organs=[job.organ_id])
+            before = layers.box_labels(job.segmentation, job.volume, box)
+            job.written = (box, before, labels)  # what an undo writes back (web page)
+            layers.write_box(job.segmentation, job.volume, box, labels, organs=[job.organ_id], before=before)
             segment = nodes.organ_segment(job.segmentation, job.organ_id)
             segment.SetTag(EDITS_TAG, json.dumps(_json_list(nodes.segment_tag(segment, EDITS_TAG)) + [change]))
         hint = hint_segment(job.segmentation)

@@ -165,11 +165,12 @@ def box_labels(segmentation_node, volume_node, box: tuple) -> np.ndarray:
     return labelmap_array(segmentation_node, volume_node)[box]
 
 
-def write_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, organs=()) -> bool:
+def write_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, organs=(), before=None) -> bool:
     """The organs in `box` (slices (k, j, i) on the CT grid) set to `labels` (BTCV ids): in place where the
     layer allows (True), else through Slicer's import of each organ that changes there (False): the organs that
     lose voxels first, then those that gain, so no voxel is in two segments at any time. `organs` (ids) get a
-    segment first if they have none (a clicked organ the user deleted).
+    segment first if they have none (a clicked organ the user deleted). `before`: the organs in the box now, if
+    the caller has them (`box_labels`; read again otherwise).
 
     Either way Slicer drops every organ's 3D surface; those of the organs the box leaves unchanged are put back
     before the node tells its views (one modification), so Slicer rebuilds only the changed organs' surfaces
@@ -178,7 +179,8 @@ def write_box(segmentation_node, volume_node, box: tuple, labels: np.ndarray, or
 
     for organ in organs:
         organ_segment(segmentation_node, organ)
-    before = box_labels(segmentation_node, volume_node, box)
+    if before is None:
+        before = box_labels(segmentation_node, volume_node, box)
     differ = before != labels
     changed = (set(np.unique(before[differ]).tolist()) | set(np.unique(labels[differ]).tolist())) - {0}
     segmentation = segmentation_node.GetSegmentation()
