@@ -158,6 +158,27 @@ def test_painted_ct_puts_each_tissue_under_its_label(tmp_path: Path):
     assert 0.25 * src.structures.shape[2] < centre < 0.75 * src.structures.shape[2]
 
 
+def test_context_crops_centre_on_the_heart_and_keep_it_background(tmp_path: Path, example_case):
+    """Crops centred on a neighbour the liver is confused with (the heart) teach what the organs are not."""
+    from contrastseg.train.crops import NO_AUGMENT
+
+    heart = TS_IDS["heart"]
+    src = painted_source(LABELS_ONLY / "s0004" / "segmentations", 3.0, tmp_path)
+    around = src.context_voxels([heart])
+    assert len(around) > 1000 and (src.structures[tuple(around.T)] == heart).all()
+    assert len(from_case(example_case, SPEC).context_voxels([heart])) == 0  # no heart in that label map
+    rng = np.random.default_rng(1)
+    size = (16, 32, 32)
+    centres = []
+    for _ in range(20):
+        x, labels = sample(src, size, rng, SPEC, aug=NO_AUGMENT, around=around)
+        assert x.shape == (2, *size) and labels.shape == size
+        centres.append(int(labels[8, 16, 16]))
+    assert centres.count(0) >= 16  # the heart and around it: background, not liver
+    liver = [int(sample(src, size, rng, SPEC, aug=NO_AUGMENT, around=src.fg[6])[1][8, 16, 16]) for _ in range(10)]
+    assert liver.count(6) >= 6  # the same path centred on the liver finds the liver
+
+
 def test_body_centre_on_real_ct(example_case):
     centre = body_centre_x(body_of(example_case.image, "soft-top"))
     assert 0.35 * example_case.image.shape[2] < centre < 0.65 * example_case.image.shape[2]

@@ -54,3 +54,22 @@ def test_absent_organs_are_skipped_and_one_sided_ones_score_zero():
     rk = res["organs"]["right_kidney"]
     assert rk["dice"] == 0.0 and rk["hd95"] is None and rk["truth_voxels"] == 8
     assert res["mean_dice"] == 0.5
+
+
+def test_named_as_another_organ_leaves_out_voxels_the_reference_names_twice():
+    """IRCAD-like: a vein mask runs through the liver mask; a vein voxel called liver inside the liver's mask is
+    not a confusion, one outside it is."""
+    liver, vein = vol(), vol()
+    liver[2:10, 2:10, 2:10] = True
+    vein[0:12, 5:7, 5:7] = True  # 48 voxels, 32 of them inside the liver mask
+    pred = np.zeros((12, 12, 12), dtype=np.uint8)
+    pred[liver] = 6
+    pred[0:2, 5:7, 5:7] = 6  # 8 vein voxels outside the liver mask called liver
+    pred[10:12, 5:7, 5:7] = 2  # 8 called right kidney
+    res = evaluate(pred, {6: liver, 9: vein}, SPACING)["organs"]
+    vein_m = res["inferior_vena_cava"]
+    assert vein_m["named_as"] == {"liver": round(8 / 48, 4), "right_kidney": round(8 / 48, 4)}
+    assert vein_m["as_other"] == pytest.approx(16 / 48, abs=1e-3)
+    assert res["liver"]["as_other"] == 0.0  # the liver's voxels are liver
+    alone = evaluate(pred, {9: vein}, SPACING)["organs"]["inferior_vena_cava"]
+    assert alone["named_as"]["liver"] == round(40 / 48, 4)  # without the liver's mask every one counts

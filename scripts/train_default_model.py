@@ -57,6 +57,23 @@ def manifest(holdout: str | None = None) -> dict:
     return {"format": "contrastseg-dataset/1", "entries": [e for e in entries if e["id"] != holdout]}
 
 
+def keep_refined(coarse: Path, start_from: Path, out: Path) -> Path:
+    """A whole model from a new coarse network and `start_from`'s refined network, unchanged (its weights, its
+    settings and its training record), listing the organs `start_from` lists: the refined network answers a
+    coarse mask, whichever network drew it."""
+    import shutil
+
+    from contrastseg.models.files import read_card, write_card
+
+    card, start = read_card(coarse), read_card(start_from)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(coarse / card["coarse"]["weights"], out / card["coarse"]["weights"])
+    shutil.copyfile(start_from / start["refined"]["weights"], out / start["refined"]["weights"])
+    training = dict(card["training"], refined=start["training"]["refined"])
+    write_card(out, dict(card, organs=start["organs"], refined=start["refined"], training=training))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("work/default"))
@@ -75,10 +92,15 @@ def main() -> None:
     ap.add_argument("--phase", type=float, default=CoarseSettings.phase, help="share of crops given a random contrast phase")
     ap.add_argument("--fov", type=float, default=CoarseSettings.fov, help="share of crops whose field of view ends")
     ap.add_argument("--intensity", default=CoarseSettings.intensity, choices=["soft-top", "percentile"])
+    ap.add_argument("--context", type=int, nargs="*", default=[],
+                    help="TotalSegmentator ids of neighbours a share of crops is centred on, as background (51: the heart; measured, not kept: docs/default-model.md)")
+    ap.add_argument("--context-share", type=float, default=CoarseSettings.context_share)
     ap.add_argument("--coarse-only", action="store_true", help="stop after the coarse network")
     ap.add_argument("--start-from", type=Path, default=None,
                     help="a model folder whose networks start this one's (v0.3 started from v0.2: see the docstring)")
     ap.add_argument("--lr", type=float, default=1e-3, help="the coarse network's learning rate")
+    ap.add_argument("--keep-refined", action="store_true",
+                    help="keep --start-from's refined network as it is (only the coarse network is retrained)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -92,7 +114,8 @@ def main() -> None:
         settings = CoarseSettings(steps=args.coarse_steps, channels=tuple(args.coarse_channels), crop=tuple(args.coarse_crop),
                                   seed=args.seed, lr=args.lr, phase=args.phase, fov=args.fov, intensity=args.intensity,
                                   inputs=("image",) if args.no_lateral else ("image", "lateral"),
-                                  painted=[] if args.no_painted else [str(p) for p in PAINTED])
+                                  painted=[] if args.no_painted else [str(p) for p in PAINTED],
+                                  context=list(args.context), context_share=args.context_share)
         init = None
         if args.start_from:  # its coarse network's widths, and the inputs asked for
             init = start_from_model(args.start_from, settings.inputs)
@@ -101,6 +124,9 @@ def main() -> None:
                               init=init)
     print(f"\ncoarse model: {coarse} ({time.time() - t0:.0f} s so far)")
     if args.coarse_only:
+        return
+    if args.keep_refined:
+        print(f"\nmodel: {keep_refined(coarse, args.start_from, args.work / 'refined' / 'model')}")
         return
     refined_settings = RefinedSettings(steps=args.refined_steps, lr=args.refined_lr, seed=args.seed, augment=True)
     refined = args.work / "refined" / "model"

@@ -45,27 +45,42 @@ def organ_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float,
             "pred_voxels": int(pred.sum()), "truth_voxels": int(truth.sum())}
 
 
-def named_as_others(pred: np.ndarray, truth: np.ndarray, organ: int) -> dict[str, float]:
+def named_as_others(pred: np.ndarray, truth: np.ndarray, organ: int,
+                    reference: dict[int, np.ndarray] | None = None) -> dict[str, float]:
     """Shares of an organ's true voxels that `pred` names as each *other* organ (background left out): a
-    confusion of identity (a kidney called spleen), which Dice alone does not tell from a missed boundary."""
+    confusion of identity (a kidney called spleen), which Dice alone does not tell from a missed boundary.
+
+    Where the reference masks (`reference`, {id: mask}) overlap, a voxel has two true names and either is
+    right: IRCAD's liver mask holds the hepatic veins its venous-system mask also holds, and a hepatic vein
+    called liver there is not a confusion. Such voxels are left out of the other organ's count."""
     n = int(truth.sum())
     if not n:
         return {}
-    counts = np.bincount(pred[truth].ravel().astype(np.int64), minlength=max(BY_ID) + 1)
-    return {BY_ID[o].key: round(float(counts[o]) / n, 4) for o in BY_ID if o != organ and counts[o]}
+    named = pred[truth].ravel().astype(np.int64)
+    shares = {}
+    for o in BY_ID:
+        if o == organ:
+            continue
+        hits = named == o
+        if reference is not None and o in reference:
+            hits &= ~reference[o][truth].ravel()
+        if hits.any():
+            shares[BY_ID[o].key] = round(float(hits.sum()) / n, 4)
+    return shares
 
 
 def evaluate(pred: np.ndarray, truth: dict[int, np.ndarray], spacing_zyx, organs: list[int] | None = None) -> dict:
     """Per-organ metrics of a label array against binary truth masks; `organs` limits which are scored.
 
     Besides Dice and the distances, each organ reports `as_other`: the share of its true voxels labelled as
-    another organ, and `named_as`, which organs those are (named_as_others)."""
+    another organ that the reference does not also name there, and `named_as`, which organs those are
+    (named_as_others)."""
     result = {}
     for oid in sorted(organs or truth):
         t = truth.get(oid, np.zeros_like(pred, dtype=bool))
         m = organ_metrics(pred == oid, t, spacing_zyx)
         if m is not None:
-            others = named_as_others(pred, t, oid)
+            others = named_as_others(pred, t, oid, truth)
             result[BY_ID[oid].key] = dict(id=oid, **m, as_other=round(sum(others.values()), 4), named_as=others)
     dices = [m["dice"] for m in result.values()]
     return {"organs": result, "mean_dice": round(float(np.mean(dices)), 4) if dices else None}

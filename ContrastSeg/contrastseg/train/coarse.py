@@ -123,18 +123,24 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
     all_organs = np.zeros(NUM_CLASSES, dtype=bool)
     all_organs[settings.organs] = True
 
-    def pick(rng: np.random.Generator) -> tuple[object, np.ndarray]:
+    contexts = [(src, row, voxels) for src, row in [*zip(sources, rows), *((p, all_organs) for p in painted)]
+                for voxels in [src.context_voxels(settings.context)] if len(voxels)]
+
+    def pick(rng: np.random.Generator) -> tuple[object, np.ndarray, np.ndarray | None]:
+        if contexts and rng.random() < settings.context_share:
+            return contexts[int(rng.integers(len(contexts)))]
         if painted and rng.random() < settings.painted_share:
-            return painted[int(rng.integers(len(painted)))], all_organs  # a whole subject's reference labels
+            return painted[int(rng.integers(len(painted)))], all_organs, None  # a whole subject's reference labels
         i = int(rng.integers(n_user, n_pool)) if replay and rng.random() < settings.replay else int(rng.integers(n_user))
-        return sources[i], rows[i]
+        return sources[i], rows[i], None
 
     def step(rng: np.random.Generator) -> torch.Tensor:
         picks = [pick(rng) for _ in range(settings.batch)]
-        pairs = [sample(src, settings.crop, rng, spec, settings.foreground_fraction, aug) for src, _ in picks]
+        pairs = [sample(src, settings.crop, rng, spec, settings.foreground_fraction, aug, around)
+                 for src, _, around in picks]
         x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
         y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(device)
-        annotated = torch.from_numpy(np.stack([row for _, row in picks])).to(device)
+        annotated = torch.from_numpy(np.stack([row for _, row, _ in picks])).to(device)
         logits = net(x)
         loss = marginal_dice_ce(logits, y, annotated)
         if teacher is not None:

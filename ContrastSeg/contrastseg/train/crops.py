@@ -64,6 +64,13 @@ class CropSource:
             ids = self.labels[tuple(coords.T)]
             self.fg = {int(o): coords[ids == o] for o in np.unique(ids)}
 
+    def context_voxels(self, ids: list[int]) -> np.ndarray:
+        """The voxels (n, 3) of the structures `ids` (TotalSegmentator ids, e.g. the heart), for crops centred on
+        a neighbour the organs must be told apart from; empty where the source names none of them."""
+        if self.structures is None or not ids:
+            return np.zeros((0, 3), np.int32)
+        return np.argwhere(np.isin(self.structures, ids)).astype(np.int32)
+
     def tensor(self, name: str) -> torch.Tensor:
         """The image ("image") or the label maps ("maps": labels, and structures where known) as (C, z, y, x)
         float32 tensors for grid_sample, made once."""
@@ -80,11 +87,15 @@ def from_case(case: PreparedCase, spec: InputSpec) -> CropSource:
 
 
 def sample(src: CropSource, size: tuple[int, int, int], rng: np.random.Generator, spec: InputSpec,
-           fg_fraction: float = 0.7, aug: CropAugment = NO_AUGMENT) -> tuple[np.ndarray, np.ndarray]:
+           fg_fraction: float = 0.7, aug: CropAugment = NO_AUGMENT, around: np.ndarray | None = None,
+           ) -> tuple[np.ndarray, np.ndarray]:
     """One crop: input (C, *size) as the coarse network takes it (spec.coarse_inputs), labels (*size) uint8.
-    With probability `fg_fraction` it is centred near a voxel of an organ drawn uniformly from the volume's."""
+    Centred near a voxel of `around` (n, 3) when given (a context structure's), else with probability
+    `fg_fraction` near a voxel of an organ drawn uniformly from the volume's."""
     shape = np.array(src.labels.shape)
-    if src.fg and rng.random() < fg_fraction:  # an organ drawn uniformly, then one of its voxels: the
+    if around is not None and len(around):
+        centre = around[rng.integers(len(around))] + rng.integers(-8, 9, size=3)
+    elif src.fg and rng.random() < fg_fraction:  # an organ drawn uniformly, then one of its voxels: the
         organ = list(src.fg)[rng.integers(len(src.fg))]  # adrenals are centred on as often as the liver
         centre = src.fg[organ][rng.integers(len(src.fg[organ]))] + rng.integers(-8, 9, size=3)
     else:

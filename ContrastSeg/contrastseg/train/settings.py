@@ -26,6 +26,11 @@ class CoarseSettings:
     # TotalSegmentator segmentations/ folders without a CT: CTs painted from their labels (crops.painted_source)
     painted: list[str] = field(default_factory=list)
     painted_share: float = 0.25
+    # neighbours the organs are confused with on other hospitals' CTs, in TotalSegmentator ids (51: the heart,
+    # called liver above the diaphragm): a share of crops is centred on one, where a source names it; they stay
+    # background (a crop teaches what the organs are not)
+    context: list[int] = field(default_factory=list)
+    context_share: float = 0.1
     organs: list[int] = field(default_factory=lambda: sorted(BY_ID))
     # fine-tuning from a base model (the loop, METHODS §9); both need the base, and are off without one
     replay: float = 1 / 3  # share of each batch drawn from the base model's own training cases, where found
