@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--keep-refined", action="store_true",
                     help="keep --start-from's refined network as it is (only the coarse network is retrained)")
     args = ap.parse_args()
+    if args.keep_refined and args.start_from is None:
+        ap.error("--keep-refined keeps the refined network of --start-from: give --start-from")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "data").mkdir(exist_ok=True)
