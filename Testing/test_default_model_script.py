@@ -20,10 +20,11 @@ def _script():
 
 
 def test_manifest_trains_only_redistributable_cts():
-    entries = _script().manifest()["entries"]
+    script = _script()
+    entries = script.manifest()["entries"]
     assert {e["license"] for e in entries} <= {"Apache-2.0", "CC-BY-4.0"}
     assert not any("ircad" in e["image"].lower() or "chaos" in e["image"].lower() for e in entries)
-    assert [e["id"] for e in _script().manifest("ts-s0009")["entries"]] == ["ts-example-ct", "ts-example-dicom"]
+    assert [e["id"] for e in script.manifest("ts-s0009")["entries"]] == ["ts-example-ct", "ts-example-dicom"]
 
 
 @needs_default_model()

@@ -157,14 +157,12 @@ class Surfaces:
         """An edit of organ `key` wrote `after` where `before` was (BTCV ids in its box): its surface is built
         again at `settling`; the other organs whose voxels differ (those it took voxels from) keep theirs until
         `refreshing`."""
-        import numpy as np
-
+        from ContrastSegLib.layers import lost_and_gained
         from ContrastSegLib.nodes import organ_id
 
         if self.kept is None:
             return
-        differ = before != after
-        organs = (set(np.unique(before[differ]).tolist()) | set(np.unique(after[differ]).tolist())) - {0}
+        organs = set().union(*lost_and_gained(before, after))
         segmentation = node.GetSegmentation()
         for i in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(i)
