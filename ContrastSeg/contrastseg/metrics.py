@@ -69,6 +69,50 @@ def named_as_others(pred: np.ndarray, truth: np.ndarray, organ: int,
     return shares
 
 
+def errors_by_height(pred: np.ndarray, truth: dict[int, np.ndarray], organ: int, heights_mm: np.ndarray,
+                     slab_mm: float = 16.0) -> list[dict]:
+    """Where along the body's axis an organ's errors lie: per slab of `slab_mm`, counted from the top of its
+    true mask (height 0; the slabs above it hold only false voxels), the voxels called the organ that are not
+    (false), the organ's voxels missed (missed), those of them named as another organ (as in
+    named_as_others), and the organ's Dice were that slab alone right (`dice_if_right`).
+
+    `heights_mm` is each slice's height (mm, larger = toward the head: `slice_heights`). The last column says
+    how much of the Dice lost the slab holds: a failure confined to one region (the liver's dome) shows as
+    one slab's gain, not as a uniform boundary error."""
+    t, p = truth[organ], pred == organ
+    if not t.any():
+        return []
+    heights = np.asarray(heights_mm, dtype=float)
+    rel = heights - heights[t.any((1, 2))].max()
+    slab = np.ceil(rel / slab_mm).astype(int) - 1  # slab k: heights (k, k + 1] x slab_mm; -1 holds the top
+    false, missed = (p & ~t).sum((1, 2)), (t & ~p).sum((1, 2))
+    hit, size = (p & t).sum((1, 2)), p.sum((1, 2)) + t.sum((1, 2))
+    twice = np.zeros_like(t)  # another organ's name where the reference gives it too: not a confusion
+    for o, m in truth.items():
+        if o != organ:
+            twice |= (pred == o) & m
+    others = (t & (pred > 0) & ~p & ~twice).sum((1, 2))
+    total_hit, total_size = hit.sum(), size.sum()
+    rows = []
+    for k in sorted(set(slab[(false + missed) > 0]) | set(slab[t.any((1, 2))]), reverse=True):
+        s = slab == k
+        right_hit = total_hit - hit[s].sum() + t[s].sum()  # the slab right: its hits = its true voxels
+        right_size = total_size - size[s].sum() + 2 * t[s].sum()
+        rows.append({"from_mm": float(k * slab_mm), "to_mm": float((k + 1) * slab_mm), "false": int(false[s].sum()),
+                     "missed": int(missed[s].sum()), "named_as_other": int(others[s].sum()),
+                     "dice_if_right": round(float(2 * right_hit / right_size), 4)})
+    return rows
+
+
+def slice_heights(image: sitk.Image) -> np.ndarray:
+    """Each slice's height along the body's axis in mm (patient superior positive, LPS z), in array order;
+    an axial stack only (a slice tilted from axial has no one height)."""
+    if abs(image.GetDirection()[8]) < 0.9:
+        raise ContrastSegError("errors by height need axial slices; this image's slices are not axial")
+    n = image.GetSize()[2]
+    return np.array([image.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(n)], dtype=float)
+
+
 def evaluate(pred: np.ndarray, truth: dict[int, np.ndarray], spacing_zyx, organs: list[int] | None = None) -> dict:
     """Per-organ metrics of a label array against binary truth masks; `organs` limits which are scored.
 
