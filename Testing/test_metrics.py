@@ -104,6 +104,10 @@ def test_errors_by_height_puts_each_error_in_its_slab_and_says_what_fixing_it_gi
         fixed = pred == 6
         fixed[z] = liver[z]
         assert rows[start]["dice_if_right"] == pytest.approx(_dice(fixed, liver), abs=1e-4)
+    fixed = pred == 6
+    fixed[5:] = liver[5:]  # slab -8 and the one above it right
+    assert rows[-8.0]["dice_if_right_from_top"] == pytest.approx(_dice(fixed, liver), abs=1e-4)
+    assert rows[-16.0]["dice_if_right_from_top"] == 1.0  # every slab right
     assert sum(r["false"] for r in rows.values()) == int(((pred == 6) & ~liver).sum())
     assert errors_by_height(pred, {9: vein, 6: vol()}, 6, heights) == []  # no true voxel: nothing to place
 

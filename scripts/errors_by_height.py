@@ -1,6 +1,6 @@
 """Where along the body an organ's errors lie, on one of the shared real CTs: per 16 mm slab from the top of
 the organ's true mask, the voxels wrongly called the organ, those missed, those named as another organ, and
-the Dice the organ would have were that slab alone right (metrics.errors_by_height).
+the Dice the organ would have were that slab alone right, or it and every slab above (metrics.errors_by_height).
 
     python scripts/errors_by_height.py --case chaos --organ liver [--model PATH] [--slab 16]
 
@@ -54,11 +54,12 @@ def main() -> None:
     rows = errors_by_height(labels, truth, organ, slice_heights(image), args.slab)
     truth_voxels = int(truth[organ].sum())
     print(f"{case.title}, {args.organ} ({truth_voxels} true voxels); heights from the top of its mask, mm\n")
-    print("| slab (mm) | false | missed | named as another organ | Dice were this slab right |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| slab (mm) | false | missed | named as another organ | Dice were this slab right | ... and every one above |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['from_mm']:+.0f} to {r['to_mm']:+.0f} | {r['false']} | {r['missed']} | {r['named_as_other']} "
-              f"({100 * r['named_as_other'] / truth_voxels:.1f} %) | {r['dice_if_right']:.3f} |")
+              f"({100 * r['named_as_other'] / truth_voxels:.1f} %) | {r['dice_if_right']:.3f} | "
+              f"{r['dice_if_right_from_top']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def errors_by_height(pred: np.ndarray, truth: dict[int, np.ndarray], organ: int,
     """Where along the body's axis an organ's errors lie: per slab of `slab_mm`, counted from the top of its
     true mask (height 0; the slabs above it hold only false voxels), the voxels called the organ that are not
     (false), the organ's voxels missed (missed), those of them named as another organ (as in
-    named_as_others), and the organ's Dice were that slab alone right (`dice_if_right`).
+    named_as_others), and the organ's Dice were that slab alone right (`dice_if_right`) or that slab and every
+    one above it (`dice_if_right_from_top`).
 
     `heights_mm` is each slice's height (mm, larger = toward the head: `slice_heights`). The last column says
     how much of the Dice lost the slab holds: a failure confined to one region (the liver's dome) shows as
@@ -93,14 +94,17 @@ def errors_by_height(pred: np.ndarray, truth: dict[int, np.ndarray], organ: int,
             twice |= (pred == o) & m
     others = (t & (pred > 0) & ~p & ~twice).sum((1, 2))
     total_hit, total_size = hit.sum(), size.sum()
+
+    def dice_if_right(s: np.ndarray) -> float:  # the slices `s` right: their hits = their true voxels
+        right_hit = total_hit - hit[s].sum() + t[s].sum()
+        return round(float(2 * right_hit / (total_size - size[s].sum() + 2 * t[s].sum())), 4)
+
     rows = []
     for k in sorted(set(slab[(false + missed) > 0]) | set(slab[t.any((1, 2))]), reverse=True):
         s = slab == k
-        right_hit = total_hit - hit[s].sum() + t[s].sum()  # the slab right: its hits = its true voxels
-        right_size = total_size - size[s].sum() + 2 * t[s].sum()
         rows.append({"from_mm": float(k * slab_mm), "to_mm": float((k + 1) * slab_mm), "false": int(false[s].sum()),
                      "missed": int(missed[s].sum()), "named_as_other": int(others[s].sum()),
-                     "dice_if_right": round(float(2 * right_hit / right_size), 4)})
+                     "dice_if_right": dice_if_right(s), "dice_if_right_from_top": dice_if_right(slab >= k)})
     return rows
 
 
