@@ -45,41 +45,43 @@ def organ_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float,
             "pred_voxels": int(pred.sum()), "truth_voxels": int(truth.sum())}
 
 
-def named_as_others(pred: np.ndarray, truth: np.ndarray, organ: int,
-                    reference: dict[int, np.ndarray] | None = None) -> dict[str, float]:
-    """Shares of an organ's true voxels that `pred` names as each *other* organ (background left out): a
-    confusion of identity (a kidney called spleen), which Dice alone does not tell from a missed boundary.
+def misnamed(pred: np.ndarray, truth: np.ndarray, organ: int, reference: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """The organ's true voxels (`truth`) that `pred` names as another organ (background left out): a confusion
+    of identity (a kidney called spleen), which Dice alone does not tell from a missed boundary.
 
     Where the reference masks (`reference`, {id: mask}) overlap, a voxel has two true names and either is
     right: IRCAD's liver mask holds the hepatic veins its venous-system mask also holds, and a hepatic vein
-    called liver there is not a confusion. Such voxels are left out of the other organ's count."""
+    called liver there is not a confusion. Such voxels are left out."""
+    named = pred[truth]
+    wrong = np.isin(named, [o for o in BY_ID if o != organ])
+    for o, m in (reference or {}).items():
+        if o != organ:
+            wrong &= ~((named == o) & m[truth])
+    out = np.zeros(truth.shape, dtype=bool)
+    out[truth] = wrong
+    return out
+
+
+def named_as_others(pred: np.ndarray, truth: np.ndarray, organ: int,
+                    reference: dict[int, np.ndarray] | None = None) -> dict[str, float]:
+    """Shares of an organ's true voxels that `pred` names as each *other* organ (`misnamed`), by that organ."""
     n = int(truth.sum())
     if not n:
         return {}
-    named = pred[truth].ravel().astype(np.int64)
-    shares = {}
-    for o in BY_ID:
-        if o == organ:
-            continue
-        hits = named == o
-        if reference is not None and o in reference:
-            hits &= ~reference[o][truth].ravel()
-        if hits.any():
-            shares[BY_ID[o].key] = round(float(hits.sum()) / n, 4)
-    return shares
+    names, counts = np.unique(pred[misnamed(pred, truth, organ, reference)], return_counts=True)
+    return {BY_ID[int(o)].key: round(float(c) / n, 4) for o, c in zip(names, counts)}
 
 
 def errors_by_height(pred: np.ndarray, truth: dict[int, np.ndarray], organ: int, heights_mm: np.ndarray,
                      slab_mm: float = 16.0) -> list[dict]:
     """Where along the body's axis an organ's errors lie: per slab of `slab_mm`, counted from the top of its
     true mask (height 0; the slabs above it hold only false voxels), the voxels called the organ that are not
-    (false), the organ's voxels missed (missed), those of them named as another organ (as in
-    named_as_others), and the organ's Dice were that slab alone right (`dice_if_right`) or that slab and every
+    (false), the organ's voxels missed (missed), those of them named as another organ (`misnamed`), and the organ's Dice were that slab alone right (`dice_if_right`) or that slab and every
     one above it (`dice_if_right_from_top`).
 
-    `heights_mm` is each slice's height (mm, larger = toward the head: `slice_heights`). The last column says
-    how much of the Dice lost the slab holds: a failure confined to one region (the liver's dome) shows as
-    one slab's gain, not as a uniform boundary error."""
+    `heights_mm` is each slice's height (mm, larger = toward the head: `slice_heights`). `dice_if_right` says
+    how much of the lost Dice the slab holds: a failure confined to one region (the liver's dome) shows as a
+    few slabs' gain, not as a uniform boundary error."""
     t, p = truth[organ], pred == organ
     if not t.any():
         return []
@@ -88,11 +90,7 @@ def errors_by_height(pred: np.ndarray, truth: dict[int, np.ndarray], organ: int,
     slab = np.ceil(rel / slab_mm).astype(int) - 1  # slab k: heights (k, k + 1] x slab_mm; -1 holds the top
     false, missed = (p & ~t).sum((1, 2)), (t & ~p).sum((1, 2))
     hit, size = (p & t).sum((1, 2)), p.sum((1, 2)) + t.sum((1, 2))
-    twice = np.zeros_like(t)  # another organ's name where the reference gives it too: not a confusion
-    for o, m in truth.items():
-        if o != organ:
-            twice |= (pred == o) & m
-    others = (t & (pred > 0) & ~p & ~twice).sum((1, 2))
+    others = misnamed(pred, t, organ, truth).sum((1, 2))
     total_hit, total_size = hit.sum(), size.sum()
 
     def dice_if_right(s: np.ndarray) -> float:  # the slices `s` right: their hits = their true voxels
