@@ -1,0 +1,59 @@
+"""scripts/stress_default_model.py's remaking of a real CT as another hospital would acquire it (the model runs
+are measured, not tested: docs/default-model.md): thicker slices cover the same body, a cut scan keeps the
+slices it says, and the manual masks follow the CT onto its new grid."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from realdata import DATA, REPO
+
+CHAOS = DATA / "chaos-ct-case1"
+pytestmark = pytest.mark.skipif(not CHAOS.exists(), reason=f"the CHAOS CT is not found at {CHAOS}")
+
+
+@pytest.fixture(scope="module")
+def chaos():
+    sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("stress_default_model", REPO / "scripts" / "stress_default_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from eval_cases import chaos_truth
+
+    from contrastseg.io import read_image
+
+    image = read_image(CHAOS / "DICOM_anon")
+    return script, image, chaos_truth(image)[6]
+
+
+def test_thick_slices_cover_the_same_body_and_keep_the_liver_where_it_was(chaos):
+    script, image, liver = chaos
+    new, move = script.remake(image, "slices-5mm")
+    assert new.GetSpacing()[2] == pytest.approx(5.0) and new.GetSize()[:2] == image.GetSize()[:2]
+    extent = image.GetSize()[2] * image.GetSpacing()[2]
+    assert abs(new.GetSize()[2] * 5.0 - extent) <= 5.0
+    moved = move(liver)
+    assert moved.shape == sitk.GetArrayFromImage(new).shape
+    assert moved.sum() * 5.0 == pytest.approx(liver.sum() * image.GetSpacing()[2], rel=0.05)  # the same volume
+    hu = sitk.GetArrayFromImage(new)
+    assert 100 < hu[moved].mean() < 200  # enhanced liver under its moved mask, not air or fat
+
+
+def test_a_scan_cut_from_the_top_keeps_the_lower_slices_by_height(chaos):
+    script, image, liver = chaos
+    from contrastseg.metrics import slice_heights
+
+    h = slice_heights(image)
+    new, move = script.remake(image, "top-cut-50")
+    kept = slice_heights(new)
+    assert kept.max() <= h.min() + 0.5 * (h.max() - h.min()) + 1e-6  # the upper half is gone
+    assert kept.min() == pytest.approx(h.min())
+    assert np.array_equal(sitk.GetArrayFromImage(new), sitk.GetArrayFromImage(image)[np.isin(h, kept)])
+    assert np.array_equal(move(liver), liver[np.isin(h, kept)])
+    shifted, same = script.remake(image, "hu+40")
+    assert (sitk.GetArrayFromImage(shifted) - sitk.GetArrayFromImage(image) == 40).all() and same(liver) is liver
