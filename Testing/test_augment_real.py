@@ -209,3 +209,28 @@ def test_cards_name_the_inputs_the_engine_knows():
             check_card(bad, "test")
     check_card(dict(good, coarse=dict(good["coarse"], inputs=["image", "lateral"]),
                     preprocessing=dict(good.get("preprocessing", {}), intensity="soft-top")), "test")
+
+
+def test_a_field_of_view_cut_along_the_body_falls_inside_the_crop_when_asked(example_case):
+    """With `fov_plane="crop"` a scan's end drawn for a crop (a plane across the body's axis) lies inside that
+    crop, whatever part of the CT the crop comes from: the crop shows both the anatomy and where the scan stops.
+    Drawn anywhere in the scan's height (v0.3's "scan"), some ends miss their crop."""
+    import torch
+
+    from contrastseg.spatial import source_coordinates
+    from contrastseg.train.crops import _outside_fov
+
+    shape = example_case.image.shape
+    rng = np.random.default_rng(3)
+    planes, missed = 0, 0
+    for i in range(60):
+        centre = np.array([rng.integers(0, shape[0]), shape[1] // 2, shape[2] // 2])
+        grid = source_coordinates((32, 48, 48), centre, rng, SpatialRanges(yaw_deg=20.0, tilt_deg=8.0), shape)
+        plane = np.random.default_rng(i).random() < 2 / 3  # _outside_fov's first draw: a plane, or a circle
+        outside = _outside_fov(torch.as_tensor(grid), shape, shape[2] / 2, np.random.default_rng(i), "crop")
+        anywhere = _outside_fov(torch.as_tensor(grid), shape, shape[2] / 2, np.random.default_rng(i), "scan")
+        if plane:
+            planes += 1
+            assert outside.any() and (~outside).any(), f"crop {i}: the cut misses the crop"
+            missed += int(anywhere.all() or not anywhere.any())
+    assert planes >= 20 and missed > 0

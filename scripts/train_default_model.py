@@ -91,6 +91,9 @@ def main() -> None:
     ap.add_argument("--no-lateral", action="store_true", help="the coarse network sees the image alone")
     ap.add_argument("--phase", type=float, default=CoarseSettings.phase, help="share of crops given a random contrast phase")
     ap.add_argument("--fov", type=float, default=CoarseSettings.fov, help="share of crops whose field of view ends")
+    ap.add_argument("--fov-plane", choices=("scan", "crop"), default=CoarseSettings.fov_plane,
+                    help="where the scan's end along the body is drawn: anywhere in the CT (as v0.3) or inside the crop "
+                         "(measured, not kept: docs/default-model.md)")
     ap.add_argument("--intensity", default=CoarseSettings.intensity, choices=["soft-top", "percentile"])
     ap.add_argument("--context", type=int, nargs="*", default=[],
                     help="TotalSegmentator ids of neighbours a share of crops is centred on, as background (51: the heart; measured, not kept: docs/default-model.md)")
@@ -114,7 +117,8 @@ def main() -> None:
     coarse = args.work / "coarse" / "model"
     if not (coarse / "card.json").exists():
         settings = CoarseSettings(steps=args.coarse_steps, channels=tuple(args.coarse_channels), crop=tuple(args.coarse_crop),
-                                  seed=args.seed, lr=args.lr, phase=args.phase, fov=args.fov, intensity=args.intensity,
+                                  seed=args.seed, lr=args.lr, phase=args.phase, fov=args.fov, fov_plane=args.fov_plane,
+                                  intensity=args.intensity,
                                   inputs=("image",) if args.no_lateral else ("image", "lateral"),
                                   painted=[] if args.no_painted else [str(p) for p in PAINTED],
                                   context=list(args.context), context_share=args.context_share)

@@ -37,7 +37,9 @@ class CropAugment:
     spatial: SpatialRanges = field(default_factory=SpatialRanges)
     phase: float = 0.8  # a structure-wise contrast phase
     scanner: float = 1.0  # calibration, noise, blur, slice thickness (augment.jitter_hu)
-    fov: float = 0.3  # the scan's field of view ends inside the crop (along z, or a circle in-plane)
+    fov: float = 0.3  # the scan's field of view ends (along z, or a circle in-plane)
+    fov_plane: str = "scan"  # where a z end is drawn: "scan", anywhere in the CT's height (it may miss the crop);
+    # "crop", inside the crop's own height (it always shows). v0.3 trained with "scan" (docs/default-model.md)
     gamma: float = 0.3
 
 
@@ -113,7 +115,7 @@ def sample(src: CropSource, size: tuple[int, int, int], rng: np.random.Generator
             hu, _ = simulate_phase(hu, known, rng, (src.voxel_mm,) * 3)
     if rng.random() < aug.scanner:
         hu = jitter_hu(hu, rng, src.voxel_mm)
-    outside = _outside_fov(grid, tuple(shape), src.centre_x, rng) if rng.random() < aug.fov else None
+    outside = _outside_fov(grid, tuple(shape), src.centre_x, rng, aug.fov_plane) if rng.random() < aug.fov else None
     if outside is not None:
         hu[outside] = AIR_HU
         labels[outside] = 0
@@ -127,12 +129,14 @@ def sample(src: CropSource, size: tuple[int, int, int], rng: np.random.Generator
     return np.stack(channels), labels
 
 
-def _outside_fov(grid: torch.Tensor, shape: tuple[int, int, int], centre_x: float, rng: np.random.Generator) -> np.ndarray:
+def _outside_fov(grid: torch.Tensor, shape: tuple[int, int, int], centre_x: float, rng: np.random.Generator,
+                 plane: str = "scan") -> np.ndarray:
     """Voxels beyond a random end of the scan: a z plane (upper abdomen only, pelvis only) or, a third of
     the time, outside a reconstruction circle around the body's centre."""
     if rng.random() < 2 / 3:
         z = voxel_coordinates(grid, shape, 0)
-        cut = rng.uniform(0.15, 0.85) * shape[0]
+        lo, hi = (float(z.min()), float(z.max())) if plane == "crop" else (0.0, float(shape[0]))
+        cut = lo + rng.uniform(0.15, 0.85) * (hi - lo)
         return z > cut if rng.random() < 0.5 else z < cut
     radius = rng.uniform(0.3, 0.55) * min(shape[1], shape[2])
     y, x = voxel_coordinates(grid, shape, 1), voxel_coordinates(grid, shape, 2)

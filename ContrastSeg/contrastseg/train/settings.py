@@ -20,6 +20,7 @@ class CoarseSettings:
     augment: bool = True  # spatial, contrast-phase, scanner and field-of-view augmentation (train/crops.py)
     phase: float = 0.8  # share of crops whose structures get a random contrast phase (phases.py)
     fov: float = 0.3  # share of crops in which the scan's field of view ends
+    fov_plane: str = "scan"  # a z end anywhere in the scan's height, or "crop": inside the crop (crops.CropAugment)
     # what the network takes (a base model's card decides these when fine-tuning; inputs.py)
     intensity: str = "soft-top"
     inputs: tuple[str, ...] = ("image", "lateral")
