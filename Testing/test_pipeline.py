@@ -132,6 +132,24 @@ def test_an_organ_the_card_does_not_list_keeps_its_voxels_from_the_listed_ones(m
     assert (rerouted[np.isin(best, unlisted)] != 0).any()  # what the listed organs took before
 
 
+def test_padded_scan_ends_are_the_network_on_repeated_end_slices_cropped_back(model, small_ct):
+    """`pad_ends`: the coarse network runs on the volume with its first and last slices repeated, and the answer
+    comes back on the volume's own slices, aligned (an off-by-one would shift every organ by a slice); it moves
+    organs only where the network saw the scan's end (the end slices), not its middle."""
+    spec = InputSpec.of(model.card)
+    low = prepare(small_ct, tuple(model.card["coarse"]["spacing"]), spec.intensity)
+    x = coarse_input(low.array, low.grid.GetSpacing()[0], spec)
+    k = 4
+    padded = coarse_probabilities(model.coarse, x, CPU, model.organs, pad_ends=k)
+    assert padded.shape == (14,) + low.array.shape
+    np.testing.assert_allclose(padded.sum(0), 1.0, atol=1e-4)
+    by_hand = coarse_probabilities(model.coarse, np.pad(x, ((0, 0), (k, k), (0, 0), (0, 0)), mode="edge"), CPU, model.organs)
+    np.testing.assert_allclose(padded, by_hand[:, k:-k], atol=1e-5)
+    plain = coarse_probabilities(model.coarse, x, CPU, model.organs)
+    changed = np.abs(padded - plain).max(0) > 0.5
+    assert changed[[0, -1]].sum() > 0 and changed[0].sum() + changed[-1].sum() >= changed[len(changed) // 2].sum()
+
+
 def test_a_solid_organ_keeps_its_main_piece_and_a_comparable_half():
     """Spleen, kidneys and liver: a stray piece under half the organ's largest is dropped from the final map, a
     piece half as large or more stays (an organ cut in two), and no other organ's voxel changes."""

@@ -2,7 +2,7 @@
 on IRCAD patient 1 and CHAOS CT 1 remade as thicker slices, another scanner's HU calibration, and a scan that
 starts lower or ends higher than this one, each scored against the same manual masks on the new grid.
 
-    python scripts/stress_default_model.py [--model PATH] [--out work/stress] [--variants as-is,top-cut-50]
+    python scripts/stress_default_model.py [--model PATH] [--out work/stress] [--variants as-is,top-cut-50] [--pad-ends 16]
 
 Variants:
     as-is          the CT as stored
@@ -68,7 +68,7 @@ def remake(image, variant: str):
     return image[:, :, lo:hi], lambda m: m[lo:hi]
 
 
-def score(case, model, variant: str, device) -> dict:
+def score(case, model, variant: str, device, pad_ends: int = 0) -> dict:
     import SimpleITK as sitk
 
     from contrastseg.infer import segment
@@ -80,7 +80,7 @@ def score(case, model, variant: str, device) -> dict:
     new, move = remake(image, variant)
     moved = {o: move(m) for o, m in truth.items()}
     moved = {o: m for o, m in moved.items() if m.any()}
-    labels = sitk.GetArrayFromImage(segment(new, model, device=device).labels)
+    labels = sitk.GetArrayFromImage(segment(new, model, device=device, pad_ends=pad_ends).labels)
     res = evaluate(labels, moved, tuple(reversed(new.GetSpacing())), [o for o in moved if o in model.organs])
     return {k: {"dice": m["dice"], "as_other": m["as_other"], "named_as": m["named_as"]} for k, m in res["organs"].items()}
 
@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--cases", default="ircad,chaos")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pad-ends", type=int, default=0, help="coarse slices repeated at each end of the scan "
+                    "(infer.coarse_probabilities; measured, off by default)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -124,10 +126,10 @@ def main() -> None:
     for case in cases:
         results[case.key] = {}
         for v in variants:
-            results[case.key][v] = score(case, model, v, pick_device("auto"))
+            results[case.key][v] = score(case, model, v, pick_device("auto"), args.pad_ends)
             print(case.key, v, {k: r["dice"] for k, r in results[case.key][v].items()}, flush=True)
-    (args.out / "stress.json").write_text(json.dumps({"model": str(args.model or default_model()), "results": results},
-                                                     indent=1))
+    (args.out / "stress.json").write_text(json.dumps({"model": str(args.model or default_model()), "pad_ends": args.pad_ends,
+                                                      "results": results}, indent=1))
     print("\n" + table(results))
 
 

@@ -58,13 +58,21 @@ def _pad_to(arr: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, .
 
 @torch.inference_mode()
 def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed: list[int], progress: Progress | None = None,
-                         competing: list[int] | None = None) -> np.ndarray:
+                         competing: list[int] | None = None, pad_ends: int = 0) -> np.ndarray:
     """Softmax of the coarse net on its input (channels, z, y, x: inputs.coarse_input; a bare (z, y, x) volume
     is the image alone) over background + the `competing` organs (default: `allowed`), the probability of a
     competing organ not `allowed` then counted as background; (C, z, y, x) float32. So an organ left out (not
-    asked for, or not listed by the model's card) keeps its voxels from the organs asked for."""
+    asked for, or not listed by the model's card) keeps its voxels from the organs asked for.
+
+    `pad_ends` > 0 repeats the first and last slices that many times before the network runs (and drops them
+    after): the network then sees no end of the scan. Measured, off by default (docs/default-model.md): it
+    keeps a scan that starts at the kidneys from having its topmost organs named liver and spleen, at a cost
+    on a scan that shows the whole abdomen."""
     competing = sorted(set(competing or []) | set(allowed))
-    x = torch.from_numpy(volume if volume.ndim == 4 else volume[None])[None].to(device)
+    volume = volume if volume.ndim == 4 else volume[None]
+    if pad_ends > 0:
+        volume = np.pad(volume, ((0, 0), (pad_ends, pad_ends), (0, 0), (0, 0)), mode="edge")
+    x = torch.from_numpy(volume)[None].to(device)
     mask = torch.full((NUM_CLASSES,), float("-inf"), device=device)
     mask[[0, *competing]] = 0.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -80,6 +88,8 @@ def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed:
     if progress:
         progress.update(1.0)
     probs = torch.softmax(logits.float() + mask[None, :, None, None, None], dim=1)[0]
+    if pad_ends > 0:
+        probs = probs[:, pad_ends:-pad_ends]
     left_out = [o for o in competing if o not in allowed]
     if left_out:
         probs[0] += probs[left_out].sum(0)
@@ -192,7 +202,8 @@ def _foreground(net, x: torch.Tensor, device: torch.device, autocast) -> np.ndar
 
 
 def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, refined: bool = True,
-            device: torch.device | None = None, progress: Progress | None = None, on_coarse=None) -> Segmentation:
+            device: torch.device | None = None, progress: Progress | None = None, on_coarse=None,
+            pad_ends: int = 0) -> Segmentation:
     """Segment a CT (any orientation, HU) with `model`; the result overlays `image` voxel for voxel.
 
     `on_coarse(labels)` is called with the coarse label map (on the input grid) as soon as it exists, so a
@@ -216,7 +227,7 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
     t = time.perf_counter()
     prog.begin("coarse", "3D U-Net")
-    probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog, model.competing)
+    probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog, model.competing, pad_ends)
     del inputs
     coarse = _to_input_grid(coarse_low, low.grid, image)
     release_free_memory()  # the U-Net's activations
@@ -275,13 +286,14 @@ def _one_main_piece(labels: sitk.Image, organs: list[int]) -> sitk.Image:
 
 
 def coarse_stage(net, volume: np.ndarray, organs: list[int], device: torch.device,
-                 progress: Progress | None = None, competing: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 progress: Progress | None = None, competing: list[int] | None = None,
+                 pad_ends: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The coarse network on its input (inputs.coarse_input): (probabilities, cleaned label map), on its grid.
 
     The probabilities of the specks `clean_components` removed are set to 0, so the attention that follows
     (inference, and the loop's refined training) sees the cleaned map.
     """
-    probs = coarse_probabilities(net.to(device), volume, device, organs, progress, competing)
+    probs = coarse_probabilities(net.to(device), volume, device, organs, progress, competing, pad_ends)
     raw = probs[[0, *organs]].argmax(0)
     coarse_low = clean_components(np.asarray([0, *organs], dtype=np.uint8)[raw], organs)
     for c in organs:
