@@ -80,7 +80,8 @@ def score(case, model, variant: str, device, pad_ends: int = 0) -> dict:
     new, move = remake(image, variant)
     moved = {o: move(m) for o, m in truth.items()}
     moved = {o: m for o, m in moved.items() if m.any()}
-    labels = sitk.GetArrayFromImage(segment(new, model, device=device, pad_ends=pad_ends).labels)
+    refined = model.refined is not None  # a coarse-only model (e.g. a held-out run) is scored on its coarse stage
+    labels = sitk.GetArrayFromImage(segment(new, model, refined=refined, device=device, pad_ends=pad_ends).labels)
     res = evaluate(labels, moved, tuple(reversed(new.GetSpacing())), [o for o in moved if o in model.organs])
     return {k: {"dice": m["dice"], "as_other": m["as_other"], "named_as": m["named_as"]} for k, m in res["organs"].items()}
 
@@ -100,7 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="a model folder (default: the bundled model)")
     ap.add_argument("--out", type=Path, default=REPO / "work" / "stress")
-    ap.add_argument("--cases", default="ircad,chaos")
+    ap.add_argument("--cases", default="ircad,chaos", help="case keys (scripts/eval_cases.py), e.g. s0009 for a "
+                    "model that held it out")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pad-ends", type=int, default=0, help="coarse slices repeated at each end of the scan "
