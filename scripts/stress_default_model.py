@@ -40,11 +40,12 @@ def remake(image, variant: str):
     import SimpleITK as sitk
 
     from contrastseg.metrics import slice_heights
+    from contrastseg.preprocess import resample_like
 
     def nearest(mask: np.ndarray, new) -> np.ndarray:
         m = sitk.GetImageFromArray(mask.astype(np.uint8))
         m.CopyInformation(image)
-        return sitk.GetArrayFromImage(sitk.Resample(m, new, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+        return sitk.GetArrayFromImage(resample_like(m, new)) > 0
 
     if variant == "as-is":
         return image, lambda m: m
@@ -56,7 +57,7 @@ def remake(image, variant: str):
         ref.SetOrigin(image.GetOrigin())
         ref.SetDirection(image.GetDirection())
         ref.SetSpacing((sp[0], sp[1], mm))
-        new = sitk.Cast(sitk.Resample(slab, ref, sitk.Transform(), sitk.sitkLinear, -1024.0), sitk.sitkInt16)
+        new = sitk.Cast(resample_like(slab, ref, sitk.sitkLinear, -1024.0), sitk.sitkInt16)
         return new, lambda m: nearest(m, new)
     if variant.startswith("hu"):
         return sitk.Cast(image, sitk.sitkInt16) + int(variant[2:]), lambda m: m
@@ -68,15 +69,13 @@ def remake(image, variant: str):
     return image[:, :, lo:hi], lambda m: m[lo:hi]
 
 
-def score(case, model, variant: str, device, pad_ends: int = 0) -> dict:
+def score(image, truth: dict, model, variant: str, device, pad_ends: int = 0) -> dict:
+    """The model on `image` remade as `variant`, against `truth` ({id: mask} on `image`'s grid) moved with it."""
     import SimpleITK as sitk
 
     from contrastseg.infer import segment
-    from contrastseg.io import read_image
     from contrastseg.metrics import evaluate
 
-    image = read_image(case.image)
-    truth = truth_of(case, image)
     new, move = remake(image, variant)
     moved = {o: move(m) for o, m in truth.items()}
     moved = {o: m for o, m in moved.items() if m.any()}
@@ -115,6 +114,7 @@ def main() -> None:
     import torch
 
     from contrastseg.infer import pick_device
+    from contrastseg.io import read_image
     from contrastseg.models.files import load_model
     from contrastseg.paths import default_model
 
@@ -127,8 +127,10 @@ def main() -> None:
     results = {}
     for case in cases:
         results[case.key] = {}
+        image = read_image(case.image)  # once per case: IRCAD's masks come out of a zip
+        truth = truth_of(case, image)
         for v in variants:
-            results[case.key][v] = score(case, model, v, pick_device("auto"), args.pad_ends)
+            results[case.key][v] = score(image, truth, model, v, pick_device("auto"), args.pad_ends)
             print(case.key, v, {k: r["dice"] for k, r in results[case.key][v].items()}, flush=True)
     (args.out / "stress.json").write_text(json.dumps({"model": str(args.model or default_model()), "pad_ends": args.pad_ends,
                                                       "results": results}, indent=1))
