@@ -218,7 +218,7 @@ def test_a_field_of_view_cut_along_the_body_falls_inside_the_crop_when_asked(exa
     import torch
 
     from contrastseg.spatial import source_coordinates
-    from contrastseg.train.crops import _outside_fov
+    from contrastseg.train.crops import _draw_fov, _outside
 
     shape = example_case.image.shape
     rng = np.random.default_rng(3)
@@ -226,11 +226,51 @@ def test_a_field_of_view_cut_along_the_body_falls_inside_the_crop_when_asked(exa
     for i in range(60):
         centre = np.array([rng.integers(0, shape[0]), shape[1] // 2, shape[2] // 2])
         grid = source_coordinates((32, 48, 48), centre, rng, SpatialRanges(yaw_deg=20.0, tilt_deg=8.0), shape)
-        plane = np.random.default_rng(i).random() < 2 / 3  # _outside_fov's first draw: a plane, or a circle
-        outside = _outside_fov(torch.as_tensor(grid), shape, shape[2] / 2, np.random.default_rng(i), "crop")
-        anywhere = _outside_fov(torch.as_tensor(grid), shape, shape[2] / 2, np.random.default_rng(i), "scan")
+        plane = np.random.default_rng(i).random() < 2 / 3  # _draw_fov's first draw: a plane, or a circle
+        grid = torch.as_tensor(grid)
+        outside, anywhere = (_outside(_draw_fov(grid, shape, np.random.default_rng(i), where), grid, shape, shape[2] / 2)
+                             for where in ("crop", "scan"))
         if plane:
             planes += 1
             assert outside.any() and (~outside).any(), f"crop {i}: the cut misses the crop"
             missed += int(anywhere.all() or not anywhere.any())
     assert planes >= 20 and missed > 0
+
+
+def test_edge_ends_repeat_the_end_slice_where_air_ends_show_air(example_case):
+    """`ends="edge"`: a crop reaching past the scan's top shows the top slice again (image, lateral channel and
+    labels), as infer.coarse_probabilities(pad_ends) shows the network a real scan's end; `ends="air"` (v0.3)
+    shows air there and no organ. A drawn end (a scan that stops above a slice) is held the same way."""
+    import torch
+
+    from contrastseg.spatial import IDENTITY, source_coordinates, voxel_coordinates, warp
+    from contrastseg.train.crops import _hold_z
+
+    src = from_case(example_case, SPEC)
+    depth = example_case.image.shape[0]
+    top = np.array([[depth - 1, 50, 60]])
+    crops = {}
+    for ends in ("air", "edge"):
+        aug = CropAugment(spatial=IDENTITY, phase=0.0, scanner=0.0, fov=0.0, gamma=0.0, ends=ends)
+        crops[ends] = sample(src, (32, 64, 64), np.random.default_rng(5), SPEC, 1.0, aug, around=top)
+    grid = source_coordinates((32, 64, 64), top[0] + np.random.default_rng(5).integers(-8, 9, size=3),
+                              np.random.default_rng(0), IDENTITY, example_case.image.shape)
+    z = voxel_coordinates(grid, example_case.image.shape, 0)[:, 0, 0]
+    beyond, last = np.nonzero(z > depth - 1 + 1e-3)[0], int(np.argmin(np.abs(z - (depth - 1))))
+    assert len(beyond) >= 4, "the crop must reach past the scan's top for this test"
+    (xa, ya), (xe, ye) = crops["air"], crops["edge"]
+    assert (ye[last] > 0).any() and (xe[0, last] > 0.2).any()  # the top slice shows organs and tissue
+    for k in beyond:
+        np.testing.assert_array_equal(ye[k], ye[last])
+        np.testing.assert_allclose(xe[:, k], xe[:, last], atol=1e-5)
+        assert not ya[k].any() and np.abs(xa[0, k]).max() < 1e-6
+    np.testing.assert_allclose(xa[1], xe[1], atol=1e-5)  # the lateral channel does not depend on z
+
+    cut = depth - 12.0
+    held = _hold_z(torch.as_tensor(grid), depth, ("z", cut, True))
+    x = warp(torch.from_numpy(example_case.image)[None], held)[0].numpy()
+    z_held = voxel_coordinates(held, example_case.image.shape, 0)[:, 0, 0]
+    assert z_held.max() == pytest.approx(cut, abs=1e-3) and (z > cut).sum() >= 8
+    at_cut = x[np.argmax(z_held)]
+    for k in np.nonzero(z > cut)[0]:
+        np.testing.assert_allclose(x[k], at_cut, atol=1e-5)

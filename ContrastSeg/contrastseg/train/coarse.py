@@ -29,7 +29,7 @@ def crop_augment(settings: CoarseSettings) -> CropAugment:
     """The crop augmentation `settings` ask for (crops.CropAugment; off with `augment` False)."""
     if not settings.augment:
         return NO_AUGMENT
-    return CropAugment(phase=settings.phase, fov=settings.fov, fov_plane=settings.fov_plane)
+    return CropAugment(phase=settings.phase, fov=settings.fov, fov_plane=settings.fov_plane, ends=settings.ends)
 
 
 def load_coarse_init(path: Path, settings: CoarseSettings) -> torch.nn.Module:

@@ -40,6 +40,9 @@ class CropAugment:
     fov: float = 0.3  # the scan's field of view ends (along z, or a circle in-plane)
     fov_plane: str = "scan"  # where a z end is drawn: "scan", anywhere in the CT's height (it may miss the crop);
     # "crop", inside the crop's own height (it always shows). v0.3 trained with "scan" (docs/default-model.md)
+    ends: str = "air"  # what lies beyond a z end of the scan (its own or a drawn one): "air", as a zero-padded
+    # network sees it; or "edge", the end slice repeated, as infer.coarse_probabilities(pad_ends) shows it, so
+    # the network never learns where a scan stops (the circle of a small reconstruction stays air either way)
     gamma: float = 0.3
 
 
@@ -103,6 +106,9 @@ def sample(src: CropSource, size: tuple[int, int, int], rng: np.random.Generator
     else:
         centre = rng.integers(0, shape)
     grid = source_coordinates(tuple(size), centre, rng, aug.spatial, tuple(shape))
+    if aug.ends == "edge":
+        end = _draw_fov(grid, tuple(shape), rng, aug.fov_plane) if rng.random() < aug.fov else None
+        grid = _hold_z(grid, shape[0], end)
     maps = warp(src.tensor("maps"), grid, nearest=True).numpy().astype(np.uint8)
     labels = maps[0]
     structures = maps[1] if src.structures is not None else None
@@ -115,7 +121,9 @@ def sample(src: CropSource, size: tuple[int, int, int], rng: np.random.Generator
             hu, _ = simulate_phase(hu, known, rng, (src.voxel_mm,) * 3)
     if rng.random() < aug.scanner:
         hu = jitter_hu(hu, rng, src.voxel_mm)
-    outside = _outside_fov(grid, tuple(shape), src.centre_x, rng, aug.fov_plane) if rng.random() < aug.fov else None
+    if aug.ends != "edge":
+        end = _draw_fov(grid, tuple(shape), rng, aug.fov_plane) if rng.random() < aug.fov else None
+    outside = _outside(end, grid, tuple(shape), src.centre_x, z_held=aug.ends == "edge")
     if outside is not None:
         hu[outside] = AIR_HU
         labels[outside] = 0
@@ -129,18 +137,41 @@ def sample(src: CropSource, size: tuple[int, int, int], rng: np.random.Generator
     return np.stack(channels), labels
 
 
-def _outside_fov(grid: torch.Tensor, shape: tuple[int, int, int], centre_x: float, rng: np.random.Generator,
-                 plane: str = "scan") -> np.ndarray:
-    """Voxels beyond a random end of the scan: a z plane (upper abdomen only, pelvis only) or, a third of
-    the time, outside a reconstruction circle around the body's centre."""
+def _draw_fov(grid: torch.Tensor, shape: tuple[int, int, int], rng: np.random.Generator, plane: str = "scan") -> tuple:
+    """A random end of the scan's field of view: ("z", cut, True) for a scan that stops above source slice
+    `cut` (pelvis only), ("z", cut, False) below it (upper abdomen only), or, a third of the time, ("circle",
+    radius) for a reconstruction circle around the body's centre."""
     if rng.random() < 2 / 3:
         z = voxel_coordinates(grid, shape, 0)
         lo, hi = (float(z.min()), float(z.max())) if plane == "crop" else (0.0, float(shape[0]))
         cut = lo + rng.uniform(0.15, 0.85) * (hi - lo)
-        return z > cut if rng.random() < 0.5 else z < cut
-    radius = rng.uniform(0.3, 0.55) * min(shape[1], shape[2])
+        return ("z", cut, rng.random() < 0.5)
+    return ("circle", rng.uniform(0.3, 0.55) * min(shape[1], shape[2]))
+
+
+def _outside(end: tuple | None, grid: torch.Tensor, shape: tuple[int, int, int], centre_x: float,
+             z_held: bool = False) -> np.ndarray | None:
+    """The crop voxels beyond `end` (_draw_fov), which become air; None where nothing is (no end, or a z end
+    already held by _hold_z)."""
+    if end is None or (z_held and end[0] == "z"):
+        return None
+    if end[0] == "z":
+        z = voxel_coordinates(grid, shape, 0)
+        return z > end[1] if end[2] else z < end[1]
     y, x = voxel_coordinates(grid, shape, 1), voxel_coordinates(grid, shape, 2)
-    return (y - shape[1] / 2) ** 2 + (x - centre_x) ** 2 > radius ** 2
+    return (y - shape[1] / 2) ** 2 + (x - centre_x) ** 2 > end[1] ** 2
+
+
+def _hold_z(grid: torch.Tensor, depth: int, end: tuple | None) -> torch.Tensor:
+    """`grid` with its source z held inside the scan and, for a z `end`, on its side of the cut: every crop
+    voxel beyond an end samples the end slice (image and labels alike), as edge padding would show it."""
+    lo, hi = -1.0, 1.0
+    if end is not None and end[0] == "z":
+        cut = end[1] / max(depth - 1, 1) * 2 - 1
+        lo, hi = (lo, min(hi, cut)) if end[2] else (max(lo, cut), hi)
+    held = grid.clone()
+    held[..., 2] = held[..., 2].clamp(lo, max(lo, hi))
+    return held
 
 
 # --- label-only subjects (painted CTs) ----------------------------------------------------------------------

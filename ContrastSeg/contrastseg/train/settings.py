@@ -21,6 +21,7 @@ class CoarseSettings:
     phase: float = 0.8  # share of crops whose structures get a random contrast phase (phases.py)
     fov: float = 0.3  # share of crops in which the scan's field of view ends
     fov_plane: str = "scan"  # a z end anywhere in the scan's height, or "crop": inside the crop (crops.CropAugment)
+    ends: str = "air"  # beyond a z end: "air", or "edge", the end slice repeated (crops.CropAugment)
     # what the network takes (a base model's card decides these when fine-tuning; inputs.py)
     intensity: str = "soft-top"
     inputs: tuple[str, ...] = ("image", "lateral")
