@@ -194,17 +194,19 @@ def test_soft_top_keeps_enhancement_below_bone():
 
 def test_cards_name_the_inputs_the_engine_knows():
     """The torch-free card check keeps its own copy of the input names and intensity modes: the same lists."""
-    from contrastseg import inputs, preprocess
+    from contrastseg import inputs, preprocess, scan_ends
     from contrastseg.models import card
     from contrastseg.models.card import CardError, check_card
     from contrastseg.paths import default_model
     import json
 
     assert card.COARSE_INPUTS == inputs.COARSE_INPUTS and card.INTENSITY_MODES == preprocess.INTENSITY_MODES
+    assert card.SCAN_TOP_MODES == scan_ends.SCAN_TOP_MODES
     good = json.loads((default_model() / "card.json").read_text())
     for bad in (dict(good, coarse=dict(good["coarse"], inputs=["lateral"])),
                 dict(good, coarse=dict(good["coarse"], inputs=["image", "colour"])),
-                dict(good, preprocessing=dict(good.get("preprocessing", {}), intensity="log"))):
+                dict(good, preprocessing=dict(good.get("preprocessing", {}), intensity="log")),
+                dict(good, coarse=dict(good["coarse"], scan_top="pad"))):
         with pytest.raises(CardError):
             check_card(bad, "test")
     check_card(dict(good, coarse=dict(good["coarse"], inputs=["image", "lateral"]),

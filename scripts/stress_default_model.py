@@ -12,6 +12,8 @@ Variants:
     top-cut-30/40/50  the scan starts lower: the top 30 / 40 / 50 % of its height removed (a scan from
                       the kidneys down sees no spleen, or its tip)
     bottom-cut-40  the scan ends higher: the bottom 40 % removed
+    from-dome      the scan starts at the liver's dome (the top slice of its manual mask), as a protocol
+                   "from the diaphragm" would: little or no lung in the top slice
 
 Writes <out>/stress.json and prints a Markdown table: Dice and, in brackets, the share of the organ's true
 voxels named as another organ, where the organ is in view. IRCAD and CHAOS stay on this machine: nothing of
@@ -32,11 +34,12 @@ from eval_cases import CASES, available, truth_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["as-is", "slices-3mm", "slices-5mm", "hu+40", "hu-40", "top-cut-30", "top-cut-40", "top-cut-50",
-            "bottom-cut-40"]
+            "bottom-cut-40", "from-dome"]
 
 
-def remake(image, variant: str):
-    """(the CT as `variant` acquires it, a function taking a mask on `image`'s grid to the new grid)."""
+def remake(image, variant: str, liver: np.ndarray | None = None):
+    """(the CT as `variant` acquires it, a function taking a mask on `image`'s grid to the new grid); `liver`,
+    the manual liver mask on `image`'s grid, places "from-dome"."""
     import SimpleITK as sitk
 
     from contrastseg.metrics import slice_heights
@@ -61,22 +64,25 @@ def remake(image, variant: str):
         return new, lambda m: nearest(m, new)
     if variant.startswith("hu"):
         return sitk.Cast(image, sitk.sitkInt16) + int(variant[2:]), lambda m: m
-    share = int(variant.rsplit("-", 1)[1]) / 100
     h = slice_heights(image)
-    cut = h.max() - share * (h.max() - h.min()) if variant.startswith("top-cut") else h.min() + share * (h.max() - h.min())
-    keep = np.nonzero(h <= cut if variant.startswith("top-cut") else h >= cut)[0]
+    if variant == "from-dome":
+        cut = h[np.nonzero(liver.any(axis=(1, 2)))[0]].max()
+    else:
+        share = int(variant.rsplit("-", 1)[1]) / 100
+        cut = h.max() - share * (h.max() - h.min()) if variant.startswith("top-cut") else h.min() + share * (h.max() - h.min())
+    keep = np.nonzero(h >= cut if variant.startswith("bottom-cut") else h <= cut)[0]
     lo, hi = int(keep.min()), int(keep.max()) + 1
     return image[:, :, lo:hi], lambda m: m[lo:hi]
 
 
-def score(image, truth: dict, model, variant: str, device, pad_ends: int = 0) -> dict:
+def score(image, truth: dict, model, variant: str, device, pad_ends: int | tuple[int, int] | None = None) -> dict:
     """The model on `image` remade as `variant`, against `truth` ({id: mask} on `image`'s grid) moved with it."""
     import SimpleITK as sitk
 
     from contrastseg.infer import segment
     from contrastseg.metrics import evaluate
 
-    new, move = remake(image, variant)
+    new, move = remake(image, variant, truth.get(6))
     moved = {o: move(m) for o, m in truth.items()}
     moved = {o: m for o, m in moved.items() if m.any()}
     refined = model.refined is not None  # a coarse-only model (e.g. a held-out run) is scored on its coarse stage
@@ -104,8 +110,9 @@ def main() -> None:
                     "model that held it out")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pad-ends", type=int, default=0, help="coarse slices repeated at each end of the scan "
-                    "(infer.coarse_probabilities; measured, off by default)")
+    ap.add_argument("--pad-ends", type=lambda v: tuple(int(k) for k in v.split(",")) if "," in v else int(v), default=None,
+                    help="coarse slices repeated at each end of the scan, or BOTTOM,TOP (infer.coarse_probabilities); "
+                         "default: as the model's card asks (its top repeated on a scan that starts below the diaphragm)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]

@@ -20,6 +20,7 @@ from .organs import NUM_CLASSES
 from .inputs import InputSpec, coarse_input
 from .preprocess import inplane_spacing, labels_onto, prepare, resample_like
 from .progress import Progress
+from .scan_ends import coarse_padding
 
 MAX_WHOLE_VOLUME = 192 ** 3  # coarse voxels run in one pass; larger volumes go through a sliding window
 REFINE_BATCH = 16
@@ -58,20 +59,21 @@ def _pad_to(arr: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, .
 
 @torch.inference_mode()
 def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed: list[int], progress: Progress | None = None,
-                         competing: list[int] | None = None, pad_ends: int = 0) -> np.ndarray:
+                         competing: list[int] | None = None, pad_ends: int | tuple[int, int] = 0) -> np.ndarray:
     """Softmax of the coarse net on its input (channels, z, y, x: inputs.coarse_input; a bare (z, y, x) volume
     is the image alone) over background + the `competing` organs (default: `allowed`), the probability of a
     competing organ not `allowed` then counted as background; (C, z, y, x) float32. So an organ left out (not
     asked for, or not listed by the model's card) keeps its voxels from the organs asked for.
 
-    `pad_ends` > 0 repeats the first and last slices that many times before the network runs (and drops them
-    after): the network then sees no end of the scan. Measured, off by default (docs/default-model.md): it
-    keeps a scan that starts at the kidneys from having its topmost organs named liver and spleen, at a cost
-    on a scan that shows the whole abdomen."""
+    `pad_ends` repeats the bottom (inferior) and top slices that many times before the network runs (and drops
+    them after): one number for both ends, or (bottom, top); the network then sees no end of the scan there.
+    Measured, off by default (docs/default-model.md): it keeps a scan that starts at the kidneys from having
+    its topmost organs named liver and spleen, at a cost on a scan that shows the whole abdomen."""
     competing = sorted(set(competing or []) | set(allowed))
     volume = volume if volume.ndim == 4 else volume[None]
-    if pad_ends > 0:
-        volume = np.pad(volume, ((0, 0), (pad_ends, pad_ends), (0, 0), (0, 0)), mode="edge")
+    below, above = (pad_ends, pad_ends) if np.isscalar(pad_ends) else pad_ends
+    if below or above:
+        volume = np.pad(volume, ((0, 0), (below, above), (0, 0), (0, 0)), mode="edge")
     x = torch.from_numpy(volume)[None].to(device)
     mask = torch.full((NUM_CLASSES,), float("-inf"), device=device)
     mask[[0, *competing]] = 0.0
@@ -88,8 +90,7 @@ def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed:
     if progress:
         progress.update(1.0)
     probs = torch.softmax(logits.float() + mask[None, :, None, None, None], dim=1)[0]
-    if pad_ends > 0:
-        probs = probs[:, pad_ends:-pad_ends]
+    probs = probs[:, below: probs.shape[1] - above]
     left_out = [o for o in competing if o not in allowed]
     if left_out:
         probs[0] += probs[left_out].sum(0)
@@ -203,8 +204,11 @@ def _foreground(net, x: torch.Tensor, device: torch.device, autocast) -> np.ndar
 
 def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, refined: bool = True,
             device: torch.device | None = None, progress: Progress | None = None, on_coarse=None,
-            pad_ends: int = 0) -> Segmentation:
+            pad_ends: int | tuple[int, int] | None = None) -> Segmentation:
     """Segment a CT (any orientation, HU) with `model`; the result overlays `image` voxel for voxel.
+
+    `pad_ends` (coarse slices repeated at the bottom and top, infer.coarse_probabilities) is by default what
+    the model's card asks for: the top repeated on a scan that starts below the diaphragm (scan_ends.py).
 
     `on_coarse(labels)` is called with the coarse label map (on the input grid) as soon as it exists, so a
     viewer can show it while the refined stage runs.
@@ -227,6 +231,8 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
 
     t = time.perf_counter()
     prog.begin("coarse", "3D U-Net")
+    if pad_ends is None:
+        pad_ends = coarse_padding(image, low.grid, spec.scan_top)
     probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog, model.competing, pad_ends)
     del inputs
     coarse = _to_input_grid(coarse_low, low.grid, image)
@@ -287,7 +293,7 @@ def _one_main_piece(labels: sitk.Image, organs: list[int]) -> sitk.Image:
 
 def coarse_stage(net, volume: np.ndarray, organs: list[int], device: torch.device,
                  progress: Progress | None = None, competing: list[int] | None = None,
-                 pad_ends: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 pad_ends: int | tuple[int, int] = 0) -> tuple[np.ndarray, np.ndarray]:
     """The coarse network on its input (inputs.coarse_input): (probabilities, cleaned label map), on its grid.
 
     The probabilities of the specks `clean_components` removed are set to 0, so the attention that follows
@@ -308,7 +314,7 @@ def coarse_attention(image: sitk.Image, model: Model, organs: list[int], grid: s
     spec = InputSpec.of(model.card)
     low = prepare(image, tuple(model.card["coarse"]["spacing"]), spec.intensity)
     probs, coarse_low = coarse_stage(model.coarse, coarse_input(low.array, low.grid.GetSpacing()[0], spec), organs, device,
-                                     competing=model.competing)
+                                     competing=model.competing, pad_ends=coarse_padding(image, low.grid, spec.scan_top))
     if not coarse_low.any():
         return np.zeros(tuple(reversed(grid.GetSize())), dtype=np.uint8)
     return _probs_to_grid(probs, low.grid, grid, [0, *organs])

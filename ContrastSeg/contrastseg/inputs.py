@@ -27,10 +27,12 @@ class InputSpec:
 
     intensity: str = "percentile"
     coarse_inputs: tuple[str, ...] = ("image",)
+    scan_top: str = "as-is"  # or "repeat-below-diaphragm": how the coarse network is shown a scan's top (scan_ends.py)
 
     @classmethod
     def of(cls, card: dict) -> "InputSpec":
-        return cls(intensity_of(card), tuple((card.get("coarse") or {}).get("inputs", ("image",))))
+        coarse = card.get("coarse") or {}
+        return cls(intensity_of(card), tuple(coarse.get("inputs", ("image",))), coarse.get("scan_top", "as-is"))
 
     def check(self) -> None:
         if self.intensity not in INTENSITY_MODES:

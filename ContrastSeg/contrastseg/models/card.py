@@ -29,6 +29,7 @@ MAX_WIDTH = 2048  # channels of one layer; the default model's widest is 256
 MAX_LEVELS = 6  # coarse U-Net levels (the coarse grid must be divisible by 2 ** (levels - 1))
 SPACING_MM = (0.1, 20.0)
 COARSE_INPUTS = ("image", "lateral")  # inputs.COARSE_INPUTS (importing inputs would import numpy: a test keeps them equal)
+SCAN_TOP_MODES = ("as-is", "repeat-below-diaphragm")  # scan_ends.SCAN_TOP_MODES, kept equal the same way
 INTENSITY_MODES = ("percentile", "soft-top")  # preprocess.INTENSITY_MODES, likewise  # a working grid's voxel size: the CT checks accept 0.1-10 mm voxels
 
 
@@ -74,6 +75,8 @@ def _check_coarse(where: str, c) -> None:
     _check(where, isinstance(inputs, list) and inputs[:1] == ["image"] and len(set(inputs)) == len(inputs)
            and all(i in COARSE_INPUTS for i in inputs), "coarse.inputs",
            f"a list starting with 'image', from {list(COARSE_INPUTS)}", inputs)
+    _check(where, c.get("scan_top", "as-is") in SCAN_TOP_MODES, "coarse.scan_top", f"one of {list(SCAN_TOP_MODES)}",
+           c.get("scan_top"))
     _weights_name(where, "coarse", c)
 
 

@@ -95,7 +95,8 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
     replay_entries, replay_missing = find_replay(base_card) if base_card is not None and settings.replay > 0 else ([], [])
     user_ids = {e.id for e in labelled}
     replay_entries = [e for e in replay_entries if e.id not in user_ids]
-    spec = InputSpec.of(base_card) if base_card is not None else InputSpec(settings.intensity, tuple(settings.inputs))
+    spec = InputSpec.of(base_card) if base_card is not None else InputSpec(settings.intensity, tuple(settings.inputs),
+                                                                           settings.scan_top)
     cases = [prepare_case(e, settings.spacing, intensity=spec.intensity) for e in labelled]
     replay = [prepare_case(e, settings.spacing, intensity=spec.intensity) for e in replay_entries]
     allowed = np.zeros(256, dtype=np.uint8)
@@ -167,6 +168,8 @@ def train_coarse(dataset: Path, run_dir: Path, settings: CoarseSettings, device:
               "replay": {"used": [e.id for e in replay_entries], "not_found": [c.get("id") for c in replay_missing]}}
     coarse = {"architecture": "CoarseUNet", "channels": list(settings.channels), "spacing": list(settings.spacing),
               "inputs": list(spec.coarse_inputs), "weights": weights}
+    if spec.scan_top != "as-is":
+        coarse["scan_top"] = spec.scan_top
     record["painted"] = [str(f) for f in settings.painted]
     if base_card is None:
         write_card(model_dir, {

@@ -22,6 +22,7 @@ class CoarseSettings:
     fov: float = 0.3  # share of crops in which the scan's field of view ends
     fov_plane: str = "scan"  # a z end anywhere in the scan's height, or "crop": inside the crop (crops.CropAugment)
     ends: str = "air"  # beyond a z end: "air", or "edge", the end slice repeated (crops.CropAugment)
+    scan_top: str = "as-is"  # the card's coarse.scan_top (scan_ends.py); a base model's card decides it when fine-tuning
     # what the network takes (a base model's card decides these when fine-tuning; inputs.py)
     intensity: str = "soft-top"
     inputs: tuple[str, ...] = ("image", "lateral")
