@@ -57,3 +57,18 @@ def test_a_scan_cut_from_the_top_keeps_the_lower_slices_by_height(chaos):
     assert np.array_equal(move(liver), liver[np.isin(h, kept)])
     shifted, same = script.remake(image, "hu+40")
     assert (sitk.GetArrayFromImage(shifted) - sitk.GetArrayFromImage(image) == 40).all() and same(liver) is liver
+
+
+def test_a_scan_from_the_dome_starts_at_the_livers_top_slice(chaos):
+    """"from-dome": the scan's top slice is the highest slice of the manual liver mask, nothing above it."""
+    script, image, liver = chaos
+    from contrastseg.metrics import slice_heights
+
+    h = slice_heights(image)
+    top = h[np.nonzero(liver.any(axis=(1, 2)))[0]].max()
+    assert top < h.max() - 5.0  # CHAOS shows 14 mm above its liver: the variant must remove something
+    new, move = script.remake(image, "from-dome", liver)
+    kept = slice_heights(new)
+    assert kept.max() == pytest.approx(top) and kept.min() == pytest.approx(h.min())
+    moved = move(liver)
+    assert moved[np.argmax(slice_heights(new))].any() and moved.sum() == liver.sum()

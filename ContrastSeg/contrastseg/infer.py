@@ -67,8 +67,8 @@ def coarse_probabilities(net, volume: np.ndarray, device: torch.device, allowed:
 
     `pad_ends` repeats the bottom (inferior) and top slices that many times before the network runs (and drops
     them after): one number for both ends, or (bottom, top); the network then sees no end of the scan there.
-    Measured, off by default (docs/default-model.md): it keeps a scan that starts at the kidneys from having
-    its topmost organs named liver and spleen, at a cost on a scan that shows the whole abdomen."""
+    It keeps a scan that starts at the kidneys from having its topmost organs named liver and spleen; the
+    default model's card asks for the top repeated on such a scan only (scan_ends.py, docs/default-model.md)."""
     competing = sorted(set(competing or []) | set(allowed))
     volume = volume if volume.ndim == 4 else volume[None]
     below, above = (pad_ends, pad_ends) if np.isscalar(pad_ends) else pad_ends
