@@ -82,7 +82,7 @@ def test_bowel_gas_is_not_lung_and_aerated_lung_is():
 @needs_default_model()
 def test_segment_follows_the_cards_rule(model):  # noqa: F811 (the fixture)
     """The bundled card asks for the rule: on s0009 (no lung at its top) `segment` repeats the top, which
-    changes the coarse answer; told `pad_ends=0` it runs the scan as it is."""
+    changes the coarse answer, and says so in its notes; told `pad_ends=0` it runs the scan as it is."""
     import torch
 
     from contrastseg.infer import segment
@@ -91,7 +91,9 @@ def test_segment_follows_the_cards_rule(model):  # noqa: F811 (the fixture)
     assert model.card["coarse"]["scan_top"] == "repeat-below-diaphragm"
     ct = read_image(S0009)
     cpu = torch.device("cpu")
-    auto, told, plain = (sitk.GetArrayFromImage(segment(ct, model, refined=False, device=cpu, pad_ends=p).labels)
+    auto, told, plain = (segment(ct, model, refined=False, device=cpu, pad_ends=p)
                          for p in (None, (0, int(round(PAD_MM / 3.0))), 0))
-    np.testing.assert_array_equal(auto, told)
-    assert (auto != plain).sum() > 1000
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(auto.labels), sitk.GetArrayFromImage(told.labels))
+    assert (sitk.GetArrayFromImage(auto.labels) != sitk.GetArrayFromImage(plain.labels)).sum() > 1000
+    assert len(auto.notes) == 1 and "below the diaphragm" in auto.notes[0] and "24 mm" in auto.notes[0]
+    assert told.notes == [] and plain.notes == []  # a caller who chose the padding needs no note

@@ -165,3 +165,19 @@ def test_the_training_module_loads_on_the_oldest_promised_slicers_python():
     code = (REPO / "ContrastSegTraining" / "ContrastSegTraining.py").read_text()
     has_future = "from __future__ import annotations" in code
     assert has_future or not re.search(r"def \w+\([^)]*:\s*\w+ \| None", code)
+
+
+def test_the_engines_notes_follow_done_into_the_panels_status():
+    """A note the engine attaches to a finished segmentation (a scan whose top was repeated, scan_ends.py)
+    reaches the run from the engine's own done line and stands after "Done" in the status."""
+    from ContrastSegLib.parameter import SegmentSettings
+    from ContrastSegLib.process import EngineEvent
+    from ContrastSegLib.segmentation import SegmentationLogic, SegmentationRun
+
+    run = SegmentationRun(None, SegmentSettings(), Path("."), False, organs=[6], state="running")
+    note = "The scan starts below the diaphragm (no lung at its top): the coarse network saw its top slice repeated 24 mm."
+    line = '{"event": "done", "elapsed": 3.0, "timings": {"total": 2.5}, "notes": ["' + note + '"]}'
+    SegmentationLogic()._on_event(run, EngineEvent.parse(line))
+    assert run.notes == [note] and run.timings == {"total": 2.5}
+    run.state = "done"
+    assert run.status_text().startswith("Done in ") and run.status_text().endswith(note)

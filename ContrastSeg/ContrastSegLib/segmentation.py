@@ -66,6 +66,7 @@ class SegmentationRun:
     coarse_node: Any = None
     result_node: Any = None
     timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)  # the engine's notes on how the CT was run (e.g. its top repeated)
     started: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     on_update: Callable[["SegmentationRun"], None] | None = None
@@ -87,7 +88,7 @@ class SegmentationRun:
     def status_text(self) -> str:
         """One line for the panel: what the engine is doing, how far, and about how long is left."""
         if self.state == "done":
-            return f"Done in {self.elapsed:.0f} s."
+            return " ".join([f"Done in {self.elapsed:.0f} s.", *self.notes])
         if self.state == "failed":
             return "Failed."
         if self.state == "cancelled":
@@ -225,6 +226,7 @@ class SegmentationLogic:
             run.error = data.get("message") or "the engine failed"
         elif event.event == "done":
             run.timings = data.get("timings") or {}
+            run.notes = list(data.get("notes") or [])
         self._notify(run)
 
     def _load_output(self, run: SegmentationRun, path: Path) -> None:

@@ -205,7 +205,8 @@ class WorkerJob:
                 if "ok" not in msg:
                     self._emit(msg.get("event", "progress"), msg)
                 elif msg["ok"]:
-                    self._emit("done", {"timings": msg.get("timings") or {}, "organs": msg.get("organs")})
+                    self._emit("done", {"timings": msg.get("timings") or {}, "organs": msg.get("organs"),
+                                        "notes": msg.get("notes") or []})
                     self.returncode = 0
                 else:
                     return self._end(2, msg.get("error") or "the engine failed", new_start)

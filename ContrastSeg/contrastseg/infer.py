@@ -30,12 +30,14 @@ REFINE_PIXELS = 1 << 18  # on a CPU the batch runs in chunks of this many pixels
 
 @dataclass
 class Segmentation:
-    """Label maps on the input grid (uint8 sitk images), the organs covered and per-stage wall times (s)."""
+    """Label maps on the input grid (uint8 sitk images), the organs covered, per-stage wall times (s), and
+    notes for the user on how the CT was run (e.g. its top repeated: scan_ends.py)."""
 
     labels: sitk.Image
     coarse: sitk.Image
     organs: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -230,9 +232,13 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prog.begin("coarse", "3D U-Net")
+    notes = []
     if pad_ends is None:
         pad_ends = coarse_padding(image, low.grid, spec.scan_top)
+        if pad_ends[1]:
+            notes.append(f"The scan starts below the diaphragm (no lung at its top): the coarse network saw its top "
+                         f"slice repeated {pad_ends[1] * low.grid.GetSpacing()[2]:.0f} mm.")
+    prog.begin("coarse", "3D U-Net" + (", the scan's top repeated" if notes else ""))
     probs, coarse_low = coarse_stage(model.coarse, inputs, organs, device, prog, model.competing, pad_ends)
     del inputs
     coarse = _to_input_grid(coarse_low, low.grid, image)
@@ -241,14 +247,14 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     if on_coarse is not None:
         on_coarse(coarse)
     if not refined:
-        return Segmentation(coarse, coarse, organs, timings)
+        return Segmentation(coarse, coarse, organs, timings, notes)
 
     t = time.perf_counter()
     prog.begin("refine", "organ-attention network")
     rset = model.card["refined"]
     if not coarse_low.any():
         timings["refine"] = time.perf_counter() - t
-        return Segmentation(coarse, coarse, organs, timings)
+        return Segmentation(coarse, coarse, organs, timings, notes)
     fine = prepare(image, inplane_spacing(image, rset["inplane_spacing"]), spec.intensity)
     attention = _probs_to_grid(probs, low.grid, fine.grid, [0, *organs])
     del probs, low  # the coarse grid's probabilities (one float32 volume per organ) are not needed any more
@@ -258,7 +264,7 @@ def segment(image: sitk.Image, model: Model, organs: list[int] | None = None, re
     labels = _to_input_grid(fine_labels, fine.grid, image)
     labels = _one_main_piece(labels, [o for o in SOLID_ORGANS if o in organs])
     timings["refine"] = time.perf_counter() - t
-    return Segmentation(labels, coarse, organs, timings)
+    return Segmentation(labels, coarse, organs, timings, notes)
 
 
 # spleen, kidneys, liver: one solid piece each. A piece under half the size of the organ's largest is dropped

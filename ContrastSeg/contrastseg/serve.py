@@ -207,7 +207,7 @@ class Worker:
             progress.output("refined" if refined else "coarse", output)
         timings = {k: round(v, 3) for k, v in result.timings.items()}
         timings["total"] = round(time.perf_counter() - t0, 3)
-        return {"ct": req["ct"], "output": output, "organs": result.organs, "timings": timings}
+        return {"ct": req["ct"], "output": output, "organs": result.organs, "timings": timings, "notes": result.notes}
 
     def op_refine(self, req: dict, progress: RequestProgress) -> dict:
         import SimpleITK as sitk

@@ -100,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
         from ..io import write_json
 
         write_json({"input": str(source), "device": str(device), "timings_s": timings}, args.timings)
-    progress.finish(outputs=[str(p) for p in written], timings=timings, organs=result.organs)
+    progress.finish(outputs=[str(p) for p in written], timings=timings, organs=result.organs, notes=result.notes)
     if args.progress != "json":
+        for note in result.notes:
+            print(note, file=sys.stderr)
         print(f"wrote {', '.join(str(p) for p in written)}" + (f" and {args.overlay}" if args.overlay else ""), file=sys.stderr)
         print("timings (s): " + json.dumps(timings), file=sys.stderr)
     return 0
