@@ -67,8 +67,22 @@ def test_a_scan_from_the_dome_starts_at_the_livers_top_slice(chaos):
     h = slice_heights(image)
     top = h[np.nonzero(liver.any(axis=(1, 2)))[0]].max()
     assert top < h.max() - 5.0  # CHAOS shows 14 mm above its liver: the variant must remove something
-    new, move = script.remake(image, "from-dome", liver)
+    new, move = script.remake(image, "from-dome", {6: liver})
     kept = slice_heights(new)
     assert kept.max() == pytest.approx(top) and kept.min() == pytest.approx(h.min())
     moved = move(liver)
     assert moved[np.argmax(slice_heights(new))].any() and moved.sum() == liver.sum()
+
+
+def test_a_native_phase_moves_the_liver_under_its_mask_and_nothing_else(chaos):
+    """"phase-native": the enhanced CHAOS liver (about 140 HU) comes down to a non-contrast liver's HU under its
+    manual mask; away from the mask's edge every voxel keeps its HU; the grid and the masks stay as they were."""
+    script, image, liver = chaos
+    from scipy import ndimage
+
+    new, move = script.remake(image, "phase-native", {6: liver})
+    before, after = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(new)
+    assert new.GetSize() == image.GetSize() and move(liver) is liver
+    assert np.median(before[liver]) > 120 and 40 <= np.median(after[liver]) <= 75
+    far = ~ndimage.binary_dilation(liver, iterations=3)
+    assert np.array_equal(after[far], before[far])

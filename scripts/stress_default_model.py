@@ -14,6 +14,9 @@ Variants:
     bottom-cut-40  the scan ends higher: the bottom 40 % removed
     from-dome      the scan starts at the liver's dome (the top slice of its manual mask), as a protocol
                    "from the diaphragm" would: little or no lung in the top slice
+    phase-native   each organ under its manual mask moved to the HU of a native (non-contrast) or late
+    phase-arterial arterial scan (phases.simulate_phase, seed 0: the simulator the model trained with, on an
+                   unseen patient's anatomy and texture); only where every listed organ has a mask (IRCAD)
 
 Writes <out>/stress.json and prints a Markdown table: Dice and, in brackets, the share of the organ's true
 voxels named as another organ, where the organ is in view. IRCAD and CHAOS stay on this machine: nothing of
@@ -34,12 +37,12 @@ from eval_cases import CASES, available, truth_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["as-is", "slices-3mm", "slices-5mm", "hu+40", "hu-40", "top-cut-30", "top-cut-40", "top-cut-50",
-            "bottom-cut-40", "from-dome"]
+            "bottom-cut-40", "from-dome", "phase-native", "phase-arterial"]
 
 
-def remake(image, variant: str, liver: np.ndarray | None = None):
-    """(the CT as `variant` acquires it, a function taking a mask on `image`'s grid to the new grid); `liver`,
-    the manual liver mask on `image`'s grid, places "from-dome"."""
+def remake(image, variant: str, truth: dict | None = None):
+    """(the CT as `variant` acquires it, a function taking a mask on `image`'s grid to the new grid); `truth`,
+    the manual masks ({BTCV id: mask} on `image`'s grid), places "from-dome" and moves a phase's organs."""
     import SimpleITK as sitk
 
     from contrastseg.metrics import slice_heights
@@ -64,9 +67,21 @@ def remake(image, variant: str, liver: np.ndarray | None = None):
         return new, lambda m: nearest(m, new)
     if variant.startswith("hu"):
         return sitk.Cast(image, sitk.sitkInt16) + int(variant[2:]), lambda m: m
+    if variant.startswith("phase-"):
+        from contrastseg.phases import simulate_phase
+        from contrastseg.tissues import btcv_to_ts
+
+        labels = np.zeros(tuple(reversed(image.GetSize())), dtype=np.uint8)
+        for organ, mask in sorted(truth.items()):
+            labels[mask] = organ
+        hu, _ = simulate_phase(sitk.GetArrayFromImage(image).astype(np.float32), btcv_to_ts(labels),
+                               np.random.default_rng(0), image.GetSpacing()[::-1], variant[len("phase-"):], oral=0.0)
+        new = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
+        new.CopyInformation(image)
+        return new, lambda m: m
     h = slice_heights(image)
     if variant == "from-dome":
-        cut = h[np.nonzero(liver.any(axis=(1, 2)))[0]].max()
+        cut = h[np.nonzero(truth[6].any(axis=(1, 2)))[0]].max()
     else:
         share = int(variant.rsplit("-", 1)[1]) / 100
         cut = h.max() - share * (h.max() - h.min()) if variant.startswith("top-cut") else h.min() + share * (h.max() - h.min())
@@ -82,7 +97,7 @@ def score(image, truth: dict, model, variant: str, device, pad_ends: int | tuple
     from contrastseg.infer import segment
     from contrastseg.metrics import evaluate
 
-    new, move = remake(image, variant, truth.get(6))
+    new, move = remake(image, variant, truth)
     moved = {o: move(m) for o, m in truth.items()}
     moved = {o: m for o, m in moved.items() if m.any()}
     refined = model.refined is not None  # a coarse-only model (e.g. a held-out run) is scored on its coarse stage
@@ -137,6 +152,8 @@ def main() -> None:
         image = read_image(case.image)  # once per case: IRCAD's masks come out of a zip
         truth = truth_of(case, image)
         for v in variants:
+            if v.startswith("phase-") and not set(model.organs) <= set(truth):
+                continue  # a phase moves every organ's HU: only a CT with a mask for each one
             results[case.key][v] = score(image, truth, model, v, pick_device("auto"), args.pad_ends)
             print(case.key, v, {k: r["dice"] for k, r in results[case.key][v].items()}, flush=True)
     (args.out / "stress.json").write_text(json.dumps({"model": str(args.model or default_model()), "pad_ends": args.pad_ends,
