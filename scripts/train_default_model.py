@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from contrastseg.progress import Progress
+from contrastseg.scan_ends import SCAN_TOP_MODES
 from contrastseg.train.coarse import start_from_model, train_coarse
 from contrastseg.train.refined import finetune
 from contrastseg.train.settings import CoarseSettings, RefinedSettings
@@ -97,7 +98,7 @@ def main() -> None:
     ap.add_argument("--ends", choices=("air", "edge"), default=CoarseSettings.ends,
                     help="beyond the scan's ends (its own and drawn ones): air, as v0.3 trained, or the end slice "
                          "repeated, as a model whose card asks for end padding is run (docs/default-model.md)")
-    ap.add_argument("--scan-top", choices=("as-is", "repeat-below-diaphragm"), default="repeat-below-diaphragm",
+    ap.add_argument("--scan-top", choices=SCAN_TOP_MODES, default="repeat-below-diaphragm",
                     help="how the model is run on a scan that starts below the diaphragm (scan_ends.py; the card's "
                          "coarse.scan_top): its top slice repeated, as v0.3.1 does, or as it is")
     ap.add_argument("--intensity", default=CoarseSettings.intensity, choices=["soft-top", "percentile"])
@@ -123,8 +124,8 @@ def main() -> None:
     coarse = args.work / "coarse" / "model"
     if not (coarse / "card.json").exists():
         settings = CoarseSettings(steps=args.coarse_steps, channels=tuple(args.coarse_channels), crop=tuple(args.coarse_crop),
-                                  seed=args.seed, lr=args.lr, phase=args.phase, fov=args.fov, fov_plane=args.fov_plane, ends=args.ends, scan_top=args.scan_top,
-                                  intensity=args.intensity,
+                                  seed=args.seed, lr=args.lr, phase=args.phase, fov=args.fov, fov_plane=args.fov_plane,
+                                  ends=args.ends, scan_top=args.scan_top, intensity=args.intensity,
                                   inputs=("image",) if args.no_lateral else ("image", "lateral"),
                                   painted=[] if args.no_painted else [str(p) for p in PAINTED],
                                   context=list(args.context), context_share=args.context_share)

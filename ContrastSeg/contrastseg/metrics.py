@@ -76,8 +76,9 @@ def errors_by_height(pred: np.ndarray, truth: dict[int, np.ndarray], organ: int,
                      slab_mm: float = 16.0) -> list[dict]:
     """Where along the body's axis an organ's errors lie: per slab of `slab_mm`, counted from the top of its
     true mask (height 0; the slabs above it hold only false voxels), the voxels called the organ that are not
-    (false), the organ's voxels missed (missed), those of them named as another organ (`misnamed`), and the organ's Dice were that slab alone right (`dice_if_right`) or that slab and every
-    one above it (`dice_if_right_from_top`).
+    (false), the organ's voxels missed (missed), those of them named as another organ (`misnamed`), and the
+    organ's Dice were that slab alone right (`dice_if_right`) or that slab and every one above it
+    (`dice_if_right_from_top`).
 
     `heights_mm` is each slice's height (mm, larger = toward the head: `slice_heights`). `dice_if_right` says
     how much of the lost Dice the slab holds: a failure confined to one region (the liver's dome) shows as a
