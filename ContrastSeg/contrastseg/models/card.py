@@ -27,10 +27,10 @@ REFINED_DEPTHS = (10, 18, 34, 50, 101)
 REFINED_STEMS = ("authors", "paper", "stride2")
 MAX_WIDTH = 2048  # channels of one layer; the default model's widest is 256
 MAX_LEVELS = 6  # coarse U-Net levels (the coarse grid must be divisible by 2 ** (levels - 1))
-SPACING_MM = (0.1, 20.0)
+SPACING_MM = (0.1, 20.0)  # a working grid's voxel size: the CT checks accept 0.1-10 mm voxels
 COARSE_INPUTS = ("image", "lateral")  # inputs.COARSE_INPUTS (importing inputs would import numpy: a test keeps them equal)
 SCAN_TOP_MODES = ("as-is", "repeat-below-diaphragm")  # scan_ends.SCAN_TOP_MODES, kept equal the same way
-INTENSITY_MODES = ("percentile", "soft-top")  # preprocess.INTENSITY_MODES, likewise  # a working grid's voxel size: the CT checks accept 0.1-10 mm voxels
+INTENSITY_MODES = ("percentile", "soft-top")  # preprocess.INTENSITY_MODES, likewise
 
 
 class CardError(ContrastSegError):
